@@ -1,0 +1,66 @@
+// Package location stores SIP registrations ("bindings"): several contacts per address of
+// record, each with its own expiry. Two implementations, memory and Redis, pass one
+// conformance suite (storetest).
+package location
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Binding is one Contact registered for an AOR (RFC 3261 §10).
+type Binding struct {
+	AOR         string    `json:"aor"`          // "user@domain", lower-case domain
+	Contact     string    `json:"contact"`      // Contact URI as the phone sent it, without header params
+	ExpiresAt   time.Time `json:"expires_at"`   // absolute expiry of the granted registration
+	Granted     int       `json:"granted"`      // seconds granted at the last authenticated REGISTER
+	AuthAt      time.Time `json:"auth_at"`      // when the hook last accepted this binding
+	UpdatedAt   time.Time `json:"updated_at"`   // last REGISTER that touched it
+	CallID      string    `json:"call_id"`      // Call-ID of the REGISTER that created or refreshed it
+	CSeq        uint32    `json:"cseq"`         // CSeq number of that REGISTER
+	Source      string    `json:"source"`       // observed source ip:port, used for routing
+	Transport   string    `json:"transport"`    // udp, tcp, tls, ws, wss (lower case)
+	UserAgent   string    `json:"user_agent,omitempty"`
+	InstanceID  string    `json:"instance_id,omitempty"` // +sip.instance when present
+	Q           string    `json:"q,omitempty"`
+	NAT         bool      `json:"nat"` // told the short NAT expiry
+	DisplayName string    `json:"display_name,omitempty"`
+	CallHook       string `json:"call_hook,omitempty"`
+	CallStatusHook string `json:"call_status_hook,omitempty"`
+	WebRTC      bool      `json:"supports_webrtc,omitempty"`
+}
+
+// Live reports whether the binding has not expired at now.
+func (b Binding) Live(now time.Time) bool { return now.Before(b.ExpiresAt) }
+
+// Errors callers branch on.
+var (
+	ErrReplay      = errors.New("location: nonce count not increasing")
+	ErrUnavailable = errors.New("location: store unavailable")
+)
+
+// Store keeps bindings and the per-nonce counters of the digest replay guard.
+// Every method is safe for concurrent use; Redis errors come back wrapping ErrUnavailable.
+type Store interface {
+	// Update runs fn on the AOR's live bindings and stores what it returns, atomically:
+	// two Updates racing on one AOR never lose a binding (fn may run more than once).
+	// An error from fn aborts the update and is returned as is. The result is the stored set.
+	Update(ctx context.Context, aor string, now time.Time, fn func(current []Binding) ([]Binding, error)) ([]Binding, error)
+	// Lookup returns the AOR's live bindings at now.
+	Lookup(ctx context.Context, aor string, now time.Time) ([]Binding, error)
+	// Expire removes every binding expired at now and returns them (at most limit), so the
+	// caller can publish "unregistered"/"offline" events.
+	Expire(ctx context.Context, now time.Time, limit int) ([]Binding, error)
+	// Known returns every AOR that has ever registered with its display name (kept after its
+	// bindings expire), for presence snapshots.
+	Known(ctx context.Context) (map[string]string, error)
+	// AORs returns the AORs with at least one live binding at now.
+	AORs(ctx context.Context, now time.Time) ([]string, error)
+	// UseNonce records nc for nonce; ErrReplay when nc is not above the last one seen.
+	// The record lives for ttl.
+	UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error
+	// Ping reports whether the store is reachable.
+	Ping(ctx context.Context) error
+	Close() error
+}
