@@ -1,0 +1,397 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/seclog"
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/token"
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/users"
+)
+
+func init() {
+	caddy.RegisterModule(API{})
+}
+
+// DefaultPrefix is where MikoPBX's ModuleSoftphoneBackend serves its API.
+const DefaultPrefix = "/pbxcore/api/module-softphone-backend/v1"
+
+// maxLoginBody bounds a login request body.
+const maxLoginBody = 8 << 10
+
+// API (`http.handlers.softphone_api`) serves the softphone REST API under Prefix. Requests
+// outside the prefix go to the next handler.
+type API struct {
+	// Path prefix of the API. Default /pbxcore/api/module-softphone-backend/v1.
+	Prefix string `json:"prefix,omitempty"`
+
+	app    *App
+	logger *zap.Logger
+	routes map[string]route
+}
+
+type route struct {
+	methods string // "GET" also allows HEAD
+	serve   func(a *API, w http.ResponseWriter, r *http.Request) error
+}
+
+// CaddyModule returns the Caddy module information.
+func (API) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.softphone_api", New: func() caddy.Module { return new(API) }}
+}
+
+// Provision finds the softphone app.
+func (a *API) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.Prefix == "" {
+		a.Prefix = DefaultPrefix
+	}
+	a.Prefix = strings.TrimRight(a.Prefix, "/")
+	app, err := ctx.App("softphone")
+	if err != nil {
+		return fmt.Errorf("loading softphone app: %w", err)
+	}
+	a.app = app.(*App)
+	a.routes = map[string]route{
+		"auth/login":         {"POST", (*API).login},
+		"auth/refresh":       {"POST", (*API).refresh},
+		"auth/logout":        {"POST", (*API).logout},
+		"profile":            {"GET", (*API).profile},
+		"health":             {"GET", (*API).health},
+		"check-media-access": {"GET", (*API).checkMediaAccess},
+	}
+	return nil
+}
+
+// Validate rejects a prefix that is not an absolute path.
+func (a *API) Validate() error {
+	if !strings.HasPrefix(a.Prefix, "/") {
+		return fmt.Errorf("softphone_api: prefix %q must start with /", a.Prefix)
+	}
+	return nil
+}
+
+// ServeHTTP routes the API's paths and passes anything else to next.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	rest, ok := strings.CutPrefix(r.URL.Path, a.Prefix+"/")
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+	rt, ok := a.routes[rest]
+	if !ok {
+		writeError(w, http.StatusNotFound, msgNotFound, a.app.now())
+		return nil
+	}
+	if r.Method != rt.methods && !(rt.methods == "GET" && r.Method == http.MethodHead) {
+		allow := rt.methods
+		if allow == "GET" {
+			allow = "GET, HEAD"
+		}
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, msgMethodNotAllowed, a.app.now())
+		return nil
+	}
+	return rt.serve(a, w, r)
+}
+
+type loginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+type loginResponse struct {
+	Success      bool   `json:"success"`
+	AccessToken  string `json:"access_token"`
+	RefreshToken string `json:"refresh_token,omitempty"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int64  `json:"expires_in"`
+}
+
+// login checks a username and SIP secret and answers a token pair. Throttled keys are refused
+// before any password work, so a blocked guesser learns nothing.
+func (a *API) login(w http.ResponseWriter, r *http.Request) error {
+	app, now := a.app, a.app.now()
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxLoginBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, msgTooLarge, now)
+			return nil
+		}
+		writeError(w, http.StatusBadRequest, msgBadCredentialsInput, now)
+		return nil
+	}
+	var req loginRequest
+	if err := decodeStrictJSON(body, &req); err != nil ||
+		req.Username == "" || req.Password == "" ||
+		len(req.Username) > users.MaxUsernameLen || len(req.Password) > 256 {
+		writeError(w, http.StatusBadRequest, msgBadCredentialsInput, now)
+		return nil
+	}
+	ip := clientIP(r)
+	key := "login:" + req.Username + "|" + ip
+	limit := app.LoginThrottle.MaxFailures
+	n, left, err := app.store.Failures(r.Context(), key)
+	if err != nil {
+		a.logger.Error("reading login throttle", zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	}
+	if n >= limit {
+		app.event(seclog.AuthFailed, "Failed login attempt for user: "+req.Username+" (throttled)", ip)
+		w.Header().Set("Retry-After", retryAfter(left))
+		writeError(w, http.StatusTooManyRequests, msgThrottled, now)
+		return nil
+	}
+
+	u, err := app.lookupUser(r.Context(), req.Username)
+	if err != nil {
+		a.logger.Error("looking up user", zap.Error(err))
+		writeError(w, http.StatusInternalServerError, msgInternal, now)
+		return nil
+	}
+	ok := users.CheckPassword(u, req.Password, app.Realm)
+	if !ok || !u.IsEnabled() {
+		if _, _, err := app.store.AddFailure(r.Context(), key, time.Duration(app.LoginThrottle.Window)); err != nil {
+			a.logger.Error("counting login failure", zap.Error(err))
+		}
+		app.event(seclog.AuthFailed, "Failed login attempt for user: "+req.Username, ip)
+		challenge(w, "")
+		writeError(w, http.StatusUnauthorized, msgBadCredentials, now)
+		return nil
+	}
+	pair, err := app.issuer.IssuePair(identity(u))
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if n > 0 {
+		if err := app.store.ClearFailures(r.Context(), key); err != nil {
+			a.logger.Error("clearing login throttle", zap.Error(err))
+		}
+	}
+	app.event(seclog.AuthSuccess, "User "+u.Username+" logged in successfully", ip)
+	writeJSON(w, http.StatusOK, loginResponse{
+		Success:      true,
+		AccessToken:  pair.Access,
+		RefreshToken: pair.Refresh,
+		TokenType:    "Bearer",
+		ExpiresIn:    int64(app.issuer.AccessTTL() / time.Second),
+	})
+	return nil
+}
+
+// refresh trades a live refresh token for a new access token in the same session. The user
+// must still exist and be enabled; the new token carries their current role.
+func (a *API) refresh(w http.ResponseWriter, r *http.Request) error {
+	app, now := a.app, a.app.now()
+	c, v := a.authenticate(r, token.Refresh, headerOnly)
+	switch v {
+	case verdictOK:
+	case verdictWrongType:
+		challenge(w, "insufficient_scope")
+		writeError(w, http.StatusForbidden, msgRefreshWrongType, now)
+		return nil
+	case verdictUnavailable:
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	default:
+		deny(w, v, msgRefreshBadToken, now)
+		return nil
+	}
+	u, err := app.lookupUser(r.Context(), c.Username)
+	if err != nil {
+		a.logger.Error("looking up user", zap.Error(err))
+		writeError(w, http.StatusInternalServerError, msgInternal, now)
+		return nil
+	}
+	if u == nil || !u.IsEnabled() || u.IDString() != string(c.Subject) {
+		deny(w, verdictInvalid, msgRefreshBadToken, now)
+		return nil
+	}
+	access, _, err := app.issuer.Issue(identity(u), token.Access, c.SessionID())
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	writeJSON(w, http.StatusOK, loginResponse{
+		Success:     true,
+		AccessToken: access,
+		TokenType:   "Bearer",
+		ExpiresIn:   int64(app.issuer.AccessTTL() / time.Second),
+	})
+	return nil
+}
+
+// logout revokes the whole login session: its access and refresh tokens both die.
+func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
+	app, now := a.app, a.app.now()
+	c, v := a.authenticate(r, token.Access, headerOnly)
+	switch v {
+	case verdictOK:
+	case verdictWrongType:
+		challenge(w, "insufficient_scope")
+		writeError(w, http.StatusForbidden, msgWrongType, now)
+		return nil
+	case verdictUnavailable:
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	default:
+		deny(w, v, msgUnauthorized, now)
+		return nil
+	}
+	// The session's refresh token can live until iat + refresh_ttl (+ leeway).
+	until := time.Unix(c.IssuedAt, 0).Add(app.issuer.RefreshTTL() + time.Duration(app.Leeway))
+	if err := app.store.RevokeSession(r.Context(), c.SessionID(), until); err != nil {
+		a.logger.Error("revoking session", zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	}
+	app.event(seclog.Logout, "User "+c.Username+" logged out", clientIP(r))
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "message": "Logged out successfully"})
+	return nil
+}
+
+type profileUser struct {
+	ID       token.UserID `json:"id"`
+	Username string       `json:"username"`
+	Role     string       `json:"role"`
+}
+
+// profile answers who the access token belongs to.
+func (a *API) profile(w http.ResponseWriter, r *http.Request) error {
+	now := a.app.now()
+	c, v := a.authenticate(r, token.Access, headerOnly)
+	switch v {
+	case verdictOK:
+	case verdictWrongType:
+		challenge(w, "insufficient_scope")
+		writeError(w, http.StatusForbidden, msgWrongType, now)
+		return nil
+	case verdictUnavailable:
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	default:
+		deny(w, v, msgProfileNoToken, now)
+		return nil
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"success": true,
+		"user":    profileUser{ID: c.Subject, Username: c.Username, Role: c.Role},
+	})
+	return nil
+}
+
+func (a *API) health(w http.ResponseWriter, _ *http.Request) error {
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "status": "ok", "timestamp": a.app.now().Unix()})
+	return nil
+}
+
+// checkMediaAccess is the forward_auth target: 200 with identity headers for a live access
+// token from the Authorization header or from the original URI's query (X-Forwarded-Uri,
+// for <audio src="…?authorization=…"> links), 401/403 otherwise.
+func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
+	app, now := a.app, a.app.now()
+	c, v := a.authenticate(r, token.Access, headerOrAnyQuery)
+	switch v {
+	case verdictOK:
+	case verdictWrongType:
+		app.event(seclog.MediaAccessDenied, "Media access denied: refresh token used for user: "+c.Username, clientIP(r))
+		challenge(w, "insufficient_scope")
+		writeError(w, http.StatusForbidden, msgWrongType, now)
+		return nil
+	case verdictUnavailable:
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	default:
+		app.event(seclog.MediaAccessDenied, "Media access denied: "+v.String(), clientIP(r))
+		deny(w, v, msgUnauthorized, now)
+		return nil
+	}
+	app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
+	setIdentityHeaders(w.Header(), c)
+	writeJSON(w, http.StatusOK, map[string]any{"success": true})
+	return nil
+}
+
+// deny answers 401 (or 400 for two tokens) with the matching challenge.
+func deny(w http.ResponseWriter, v verdict, msg string, now time.Time) {
+	switch v {
+	case verdictTwoTokens:
+		challenge(w, "invalid_request")
+		writeError(w, http.StatusBadRequest, msgTwoTokens, now)
+	case verdictMissing:
+		challenge(w, "")
+		writeError(w, http.StatusUnauthorized, msg, now)
+	default:
+		challenge(w, "invalid_token")
+		writeError(w, http.StatusUnauthorized, msg, now)
+	}
+}
+
+func identity(u *users.User) token.Identity {
+	return token.Identity{UserID: u.IDString(), Username: u.Username, Role: u.RoleOrDefault()}
+}
+
+// setIdentityHeaders writes the X-Softphone-* headers that forward_auth copies upstream.
+func setIdentityHeaders(h http.Header, c *token.Claims) {
+	h.Set("X-Softphone-User-Id", string(c.Subject))
+	h.Set("X-Softphone-Username", c.Username)
+	h.Set("X-Softphone-Role", c.Role)
+}
+
+// clientIP is Caddy's client address (honouring trusted_proxies), else the TCP peer.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, ok := strings.Cut(r.RemoteAddr, ":")
+	if !ok || strings.Count(r.RemoteAddr, ":") > 1 {
+		if i := strings.LastIndexByte(r.RemoteAddr, ':'); i > 0 {
+			return strings.Trim(r.RemoteAddr[:i], "[]")
+		}
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func retryAfter(d time.Duration) string {
+	s := int64((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return strconv.FormatInt(s, 10)
+}
+
+// decodeStrictJSON decodes exactly one JSON object into v: wrong field types and trailing
+// data are errors. Unknown fields are allowed (apps may send device details).
+func decodeStrictJSON(b []byte, v any) error {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return errors.New("body is not a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*API)(nil)
+	_ caddy.Validator             = (*API)(nil)
+	_ caddyhttp.MiddlewareHandler = (*API)(nil)
+)

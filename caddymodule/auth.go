@@ -1,0 +1,144 @@
+package caddymodule
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/token"
+)
+
+// verdict is the outcome of a token check.
+type verdict int
+
+const (
+	verdictOK verdict = iota
+	verdictMissing
+	verdictInvalid
+	verdictExpired
+	verdictRevoked
+	verdictWrongType
+	verdictTwoTokens
+	verdictUnavailable
+)
+
+func (v verdict) String() string {
+	return [...]string{"ok", "missing", "invalid", "expired", "revoked", "wrong_type", "two_tokens", "unavailable"}[v]
+}
+
+// tokenSources says where a token may come from.
+type tokenSources int
+
+const (
+	headerOnly       tokenSources = iota // Authorization header
+	headerOrQuery                        // … or ?authorization= / ?token= / ?access_token= on this URL
+	headerOrAnyQuery                     // … or on this URL or the original URI in X-Forwarded-Uri (forward_auth)
+)
+
+// queryTokenParams are the query parameters that may carry a token.
+var queryTokenParams = [...]string{"authorization", "token", "access_token"}
+
+// authenticate finds exactly one token, verifies it for want and checks its session is not
+// revoked. The store is only read. The claims are returned with verdictWrongType too, so a
+// caller can name the user in its log line.
+func (a *API) authenticate(r *http.Request, want token.Type, from tokenSources) (*token.Claims, verdict) {
+	raw, v := findToken(r, from)
+	if v != verdictOK {
+		return nil, v
+	}
+	return a.app.check(r, raw, want)
+}
+
+// check verifies raw and consults the revocation store.
+func (app *App) check(r *http.Request, raw string, want token.Type) (*token.Claims, verdict) {
+	c, err := app.issuer.Verify(raw, want)
+	switch {
+	case err == nil:
+	case errors.Is(err, token.ErrWrongType):
+		return c, verdictWrongType
+	case errors.Is(err, token.ErrExpired):
+		return nil, verdictExpired
+	default:
+		return nil, verdictInvalid
+	}
+	revoked, err := app.store.SessionRevoked(r.Context(), c.SessionID())
+	if err != nil {
+		app.logger.Error("checking revocation", zap.Error(err))
+		return nil, verdictUnavailable
+	}
+	if revoked {
+		return nil, verdictRevoked
+	}
+	return c, verdictOK
+}
+
+// findToken collects every place a token may be; more than one is refused (RFC 6750 §2:
+// a client must not use more than one method).
+func findToken(r *http.Request, from tokenSources) (string, verdict) {
+	var found []string
+	if hs := r.Header.Values("Authorization"); len(hs) > 0 {
+		if len(hs) > 1 {
+			return "", verdictTwoTokens
+		}
+		t, err := token.FromHeader(hs[0])
+		switch {
+		case errors.Is(err, token.ErrTwoTokens):
+			return "", verdictTwoTokens
+		case errors.Is(err, token.ErrNoToken):
+		case err != nil:
+			return "", verdictInvalid
+		default:
+			found = append(found, t)
+		}
+	}
+	if from != headerOnly {
+		queries := [2]string{r.URL.RawQuery}
+		if from == headerOrAnyQuery {
+			queries[1] = forwardedQuery(r)
+		}
+		for _, raw := range queries {
+			if raw == "" {
+				continue
+			}
+			q, err := url.ParseQuery(raw)
+			if err != nil {
+				return "", verdictInvalid
+			}
+			for _, name := range queryTokenParams {
+				for _, val := range q[name] {
+					t, err := token.FromQueryValue(val)
+					switch {
+					case errors.Is(err, token.ErrTwoTokens):
+						return "", verdictTwoTokens
+					case err != nil:
+						return "", verdictInvalid
+					}
+					found = append(found, t)
+				}
+			}
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", verdictMissing
+	case 1:
+		return found[0], verdictOK
+	}
+	return "", verdictTwoTokens
+}
+
+// forwardedQuery is the query of the original URI forward_auth passes in X-Forwarded-Uri.
+func forwardedQuery(r *http.Request) string {
+	u := r.Header.Get("X-Forwarded-Uri")
+	if u == "" {
+		return ""
+	}
+	_, q, _ := strings.Cut(u, "?")
+	if i := strings.IndexByte(q, '#'); i >= 0 {
+		q = q[:i]
+	}
+	return q
+}

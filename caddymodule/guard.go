@@ -1,0 +1,107 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/seclog"
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/token"
+)
+
+func init() {
+	caddy.RegisterModule(Guard{})
+}
+
+// Guard (`http.handlers.softphone_guard`) lets a request through only with a live access
+// token, from the Authorization header or the query (`authorization`, `token`,
+// `access_token`, for <audio> links). It sets {http.auth.user.id}, {http.auth.user.username}
+// and {http.auth.user.role}, and the X-Softphone-User-Id/-Username/-Role request headers, and
+// removes a query token before the request goes on.
+type Guard struct {
+	app    *App
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Guard) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.softphone_guard", New: func() caddy.Module { return new(Guard) }}
+}
+
+// Provision finds the softphone app.
+func (g *Guard) Provision(ctx caddy.Context) error {
+	g.logger = ctx.Logger()
+	app, err := ctx.App("softphone")
+	if err != nil {
+		return fmt.Errorf("loading softphone app: %w", err)
+	}
+	g.app = app.(*App)
+	return nil
+}
+
+// ServeHTTP checks the token and calls next, or answers 400/401/403/503.
+func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	app, now := g.app, g.app.now()
+	raw, v := findToken(r, headerOrQuery)
+	var c *token.Claims
+	if v == verdictOK {
+		c, v = app.check(r, raw, token.Access)
+	}
+	switch v {
+	case verdictOK:
+	case verdictWrongType:
+		app.event(seclog.MediaAccessDenied, "Media access denied: refresh token used for user: "+c.Username, clientIP(r))
+		challenge(w, "insufficient_scope")
+		writeError(w, http.StatusForbidden, msgWrongType, now)
+		return nil
+	case verdictUnavailable:
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	default:
+		app.event(seclog.MediaAccessDenied, "Media access denied: "+v.String(), clientIP(r))
+		deny(w, v, msgUnauthorized, now)
+		return nil
+	}
+	app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
+
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("http.auth.user.id", string(c.Subject))
+	repl.Set("http.auth.user.username", c.Username)
+	repl.Set("http.auth.user.role", c.Role)
+	setIdentityHeaders(r.Header, c)
+	stripQueryToken(r)
+	return next.ServeHTTP(w, r)
+}
+
+// stripQueryToken removes token parameters from the request URL so that nothing downstream
+// (a proxied upstream, a template) sees the token.
+func stripQueryToken(r *http.Request) {
+	if r.URL.RawQuery == "" {
+		return
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return
+	}
+	changed := false
+	for _, name := range queryTokenParams {
+		if q.Has(name) {
+			q.Del(name)
+			changed = true
+		}
+	}
+	if changed {
+		r.URL.RawQuery = q.Encode()
+		r.RequestURI = r.URL.RequestURI()
+	}
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Guard)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Guard)(nil)
+)

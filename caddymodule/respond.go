@@ -1,0 +1,68 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// bearerRealm is the realm of our WWW-Authenticate challenges (RFC 6750 §3).
+const bearerRealm = "softphone"
+
+// Error strings of the wire contract (reference/softphone-api.md); apps match on them.
+const (
+	msgBadCredentialsInput = "Invalid credentials provided"
+	msgBadCredentials      = "Invalid credentials"
+	msgThrottled           = "Too many failed login attempts. Try again later"
+	msgInternal            = "Internal server error"
+	msgUnavailable         = "Service temporarily unavailable"
+	msgRefreshBadToken     = "Invalid or missing token"
+	msgRefreshWrongType    = "Invalid token type. Refresh token required"
+	msgUnauthorized        = "Unauthorized"
+	msgProfileNoToken      = "Unauthorized. Token required"
+	msgWrongType           = "Invalid token type"
+	msgTwoTokens           = "Only one token may be sent"
+	msgMethodNotAllowed    = "Method not allowed"
+	msgNotFound            = "Not found"
+	msgTooLarge            = "Request body too large"
+)
+
+// writeJSON sends v with status. Every API answer is uncacheable: most carry tokens or
+// per-user data, and none benefits from a cache (RFC 6749 §5.1).
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"success":false,"error":"Internal server error"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+type errorBody struct {
+	Success   bool   `json:"success"`
+	Error     string `json:"error"`
+	Timestamp int64  `json:"timestamp"`
+}
+
+// writeError sends the contract's error envelope.
+func writeError(w http.ResponseWriter, status int, msg string, now time.Time) {
+	writeJSON(w, status, errorBody{Error: msg, Timestamp: now.Unix()})
+}
+
+// challenge adds an RFC 6750 WWW-Authenticate header: bare when no token was sent, with
+// error="invalid_token" (401) or "insufficient_scope" (403) or "invalid_request" (400)
+// when one was.
+func challenge(w http.ResponseWriter, code string) {
+	v := `Bearer realm="` + bearerRealm + `"`
+	if code != "" {
+		v += `, error="` + code + `"`
+	}
+	w.Header().Set("WWW-Authenticate", v)
+}
