@@ -257,7 +257,10 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	app.event(seclog.Logout, "User "+c.Username+" logged out", clientIP(r))
-	writeJSON(w, http.StatusOK, map[string]any{"success": true, "message": "Logged out successfully"})
+	writeJSON(w, http.StatusOK, struct {
+		Success bool   `json:"success"`
+		Message string `json:"message"`
+	}{true, "Logged out successfully"})
 	return nil
 }
 
@@ -284,15 +287,19 @@ func (a *API) profile(w http.ResponseWriter, r *http.Request) error {
 		deny(w, v, msgProfileNoToken, now)
 		return nil
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"success": true,
-		"user":    profileUser{ID: c.Subject, Username: c.Username, Role: c.Role},
-	})
+	writeJSON(w, http.StatusOK, struct {
+		Success bool        `json:"success"`
+		User    profileUser `json:"user"`
+	}{true, profileUser{ID: c.Subject, Username: c.Username, Role: c.Role}})
 	return nil
 }
 
 func (a *API) health(w http.ResponseWriter, _ *http.Request) error {
-	writeJSON(w, http.StatusOK, map[string]any{"success": true, "status": "ok", "timestamp": a.app.now().Unix()})
+	writeJSON(w, http.StatusOK, struct {
+		Success   bool   `json:"success"`
+		Status    string `json:"status"`
+		Timestamp int64  `json:"timestamp"`
+	}{true, "ok", a.app.now().Unix()})
 	return nil
 }
 
@@ -319,7 +326,7 @@ func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
 	}
 	app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
 	setIdentityHeaders(w.Header(), c)
-	writeJSON(w, http.StatusOK, map[string]any{"success": true})
+	writeJSON(w, http.StatusOK, successBody)
 	return nil
 }
 

@@ -45,6 +45,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(append(b, '\n'))
 }
 
+// successBody is the bare success answer.
+var successBody = struct {
+	Success bool `json:"success"`
+}{true}
+
 type errorBody struct {
 	Success   bool   `json:"success"`
 	Error     string `json:"error"`
