@@ -110,10 +110,7 @@ func findToken(r *http.Request, from tokenSources) (string, verdict) {
 			for _, name := range queryTokenParams {
 				for _, val := range q[name] {
 					t, err := token.FromQueryValue(val)
-					switch {
-					case errors.Is(err, token.ErrTwoTokens):
-						return "", verdictTwoTokens
-					case err != nil:
+					if err != nil {
 						return "", verdictInvalid
 					}
 					found = append(found, t)
@@ -121,13 +118,17 @@ func findToken(r *http.Request, from tokenSources) (string, verdict) {
 			}
 		}
 	}
-	switch len(found) {
-	case 0:
+	if len(found) == 0 {
 		return "", verdictMissing
-	case 1:
-		return found[0], verdictOK
 	}
-	return "", verdictTwoTokens
+	// forward_auth keeps the original query on the auth request and repeats the URI in
+	// X-Forwarded-Uri, so one token may be seen twice; two different ones are refused.
+	for _, t := range found[1:] {
+		if t != found[0] {
+			return "", verdictTwoTokens
+		}
+	}
+	return found[0], verdictOK
 }
 
 // forwardedQuery is the query of the original URI forward_auth passes in X-Forwarded-Uri.

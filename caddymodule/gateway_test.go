@@ -43,7 +43,7 @@ const testUsers = `[
 ]`
 
 // startGateway writes the users file and runs a Caddyfile whose `{{global}}` and `{{site}}`
-// markers are replaced by the given snippets; DATA, USERS and PORT are substituted too.
+// blocks are filled with the given snippets; "{PORT}" in site becomes the gateway's port.
 func startGateway(t *testing.T, global, site string) *testGateway {
 	t.Helper()
 	gatewayMu.Lock()
@@ -71,7 +71,7 @@ func startGateway(t *testing.T, global, site string) *testGateway {
 http://127.0.0.1:%d {
 	%s
 }
-`, filepath.Join(dir, "caddy"), g.DataDir, usersFile, global, g.Port, site)
+`, filepath.Join(dir, "caddy"), g.DataDir, usersFile, global, g.Port, strings.ReplaceAll(site, "{PORT}", strconv.Itoa(g.Port)))
 	g.load(cfg)
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {

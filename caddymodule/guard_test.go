@@ -1,0 +1,114 @@
+package caddymodule
+
+import (
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// mediaSite protects /media/* in-process and /fa/* through forward_auth to
+// check-media-access on the same server, as Caddyfile.example does for recordings.
+const mediaSite = `
+	handle /media/* {
+		softphone_guard
+		respond "id={http.auth.user.id} user={http.auth.user.username} role={http.auth.user.role} hdr={header.X-Softphone-Username} query={query}"
+	}
+	handle /fa/* {
+		forward_auth 127.0.0.1:{PORT} {
+			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
+			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+		}
+		respond "fa user={header.X-Softphone-Username} id={header.X-Softphone-User-Id}"
+	}
+	softphone_api
+`
+
+func TestGuardAndForwardAuth(t *testing.T) {
+	g := startGateway(t, "", mediaSite)
+	access, refresh := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+	other, _ := g.login("202", "secret-202")
+
+	t.Run("guard lets a header token through and sets placeholders and headers", func(t *testing.T) {
+		r := g.do("GET", g.Base+"/media/rec.wav", "", bearer(access))
+		if r.Status != 200 || r.Raw != "id=1 user=201 role=user hdr=201 query=" {
+			t.Fatalf("%d %q", r.Status, r.Raw)
+		}
+	})
+	for _, param := range []string{"authorization", "token", "access_token"} {
+		t.Run("guard takes ?"+param+"= and strips it before the next handler", func(t *testing.T) {
+			r := g.do("GET", g.Base+"/media/rec.wav?x=1&"+param+"="+url.QueryEscape(access), "")
+			if r.Status != 200 || r.Raw != "id=1 user=201 role=user hdr=201 query=x=1" {
+				t.Fatalf("%d %q", r.Status, r.Raw)
+			}
+		})
+	}
+	t.Run("guard takes ?authorization=Bearer%20…", func(t *testing.T) {
+		r := g.do("GET", g.Base+"/media/rec.wav?authorization="+url.QueryEscape("Bearer "+access), "")
+		if r.Status != 200 {
+			t.Fatalf("%d %q", r.Status, r.Raw)
+		}
+	})
+	t.Run("forward_auth passes with a header token and copies identity headers", func(t *testing.T) {
+		r := g.do("GET", g.Base+"/fa/rec.wav", "", bearer(access))
+		if r.Status != 200 || r.Raw != "fa user=201 id=1" {
+			t.Fatalf("%d %q", r.Status, r.Raw)
+		}
+	})
+	t.Run("forward_auth passes with the token in the original URI's query (audio links)", func(t *testing.T) {
+		r := g.do("GET", g.Base+"/fa/rec.wav?authorization="+url.QueryEscape(access), "")
+		if r.Status != 200 || r.Raw != "fa user=201 id=1" {
+			t.Fatalf("%d %q", r.Status, r.Raw)
+		}
+	})
+
+	denied := []struct {
+		name    string
+		query   string
+		headers []string
+		status  int
+	}{
+		{"no token", "", nil, 401},
+		{"garbage token", "?token=abc", nil, 401},
+		{"refresh token", "?token=" + refresh, nil, 403},
+		{"refresh token in header", "", []string{bearer(refresh)}, 403},
+		{"different tokens in header and query", "?token=" + access, []string{bearer(other)}, 400},
+		{"different tokens twice in the query", "?token=" + access + "&access_token=" + other, nil, 400},
+		{"bad characters", "?token=" + url.QueryEscape("a b<c>"), nil, 401},
+		{"bad query encoding", "?token=%zz", nil, 401},
+		{"oversized", "?token=" + strings.Repeat("x", 4000), nil, 401},
+	}
+	for _, prefix := range []string{"/media/", "/fa/"} {
+		for _, c := range denied {
+			t.Run(prefix+" refuses "+c.name, func(t *testing.T) {
+				r := g.do("GET", g.Base+prefix+"rec.wav"+c.query, "", c.headers...)
+				if r.Status != c.status {
+					t.Fatalf("status %d, want %d: %s", r.Status, c.status, r.Raw)
+				}
+				if strings.Contains(r.Raw, "user=") {
+					t.Fatalf("protected content served: %s", r.Raw)
+				}
+			})
+		}
+	}
+
+	t.Run("after logout both guards refuse", func(t *testing.T) {
+		if r := g.do("POST", g.API+"/auth/logout", "", bearer(access)); r.Status != 200 {
+			t.Fatal(r.Raw)
+		}
+		for _, p := range []string{"/media/rec.wav", "/fa/rec.wav"} {
+			if r := g.do("GET", g.Base+p+"?token="+access, ""); r.Status != 401 {
+				t.Fatalf("%s after logout: %d %s", p, r.Status, r.Raw)
+			}
+		}
+	})
+
+	log, _ := os.ReadFile(filepath.Join(g.DataDir, "security.log"))
+	if strings.Contains(string(log), access) || strings.Contains(string(log), refresh) {
+		t.Fatal("a token reached security.log")
+	}
+	if !strings.Contains(string(log), "[MEDIA_ACCESS_DENIED]") || !strings.Contains(string(log), "[MEDIA_ACCESS_GRANTED]") {
+		t.Fatalf("media events missing:\n%s", log)
+	}
+}
