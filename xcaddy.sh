@@ -14,7 +14,7 @@ if command -v xcaddy >/dev/null 2>&1; then
 		--with github.com/softphone-gateway/softphone-gateway=.
 else
 	echo "xcaddy not installed: building $out with go build ./cmd/caddy"
-	go build -trimpath -o "$out" ./cmd/caddy
+	go build -o "$out" ./cmd/caddy
 fi
 modules=$("$out" list-modules)
 for m in softphone http.handlers.softphone_api http.handlers.softphone_guard softphone.users.file softphone.users.inline softphone.stores.memory; do

@@ -1,0 +1,43 @@
+#!/bin/sh
+# Started by `make run`: the gateway (and the SIP sidecar, once built) on embedded defaults.
+# Ctrl-C stops everything.
+set -eu
+cd "$(dirname "$0")/.."
+mkdir -p "$SOFTPHONE_DATA_DIR"
+
+pids=""
+stop() { [ -n "$pids" ] && kill $pids 2>/dev/null; wait 2>/dev/null; exit 0; }
+trap stop INT TERM
+
+bin/caddy run --config Caddyfile.example --adapter caddyfile &
+pids="$pids $!"
+
+port=${SOFTPHONE_LISTEN##*:}
+base="http://127.0.0.1:$port/pbxcore/api/module-softphone-backend/v1"
+tries=0
+until curl -fsS "$base/health" >/dev/null 2>&1; do
+	tries=$((tries + 1))
+	if [ $tries -gt 100 ]; then echo "gateway did not come up" >&2; stop; fi
+	sleep 0.1
+done
+
+cat <<INFO
+
+softphone-gateway is running (Ctrl-C stops it).
+
+  HTTP API   $base
+  data       $SOFTPHONE_DATA_DIR (secret.key, security.log)
+  users      $SOFTPHONE_USERS_FILE
+
+Demo users (username / SIP secret):
+  201 / b749601f329a635a19c4a87bc359be3d
+  202 / demo-secret-202
+  203 / demo-secret-203   (stored as HA1 only)
+  204 / demo-secret-204   (disabled)
+
+Try:
+  curl -sS -X POST $base/auth/login -H 'Content-Type: application/json' \\
+    -d '{"username":"201","password":"b749601f329a635a19c4a87bc359be3d"}'
+
+INFO
+wait
