@@ -70,6 +70,7 @@ func (a *API) Provision(ctx caddy.Context) error {
 		"profile":            {"GET", (*API).profile},
 		"health":             {"GET", (*API).health},
 		"check-media-access": {"GET", (*API).checkMediaAccess},
+		"sip/auth":           {"POST", (*API).sipAuth},
 	}
 	return nil
 }

@@ -47,6 +47,8 @@ type App struct {
 	SecurityLog *SecurityLogConfig `json:"security_log,omitempty"`
 	// Login throttling. Default: 5 failures per username and address in 15 minutes.
 	LoginThrottle *ThrottleConfig `json:"login_throttle,omitempty"`
+	// The SIP digest callback. Default: loopback callers only, unsigned.
+	SIPAuth *SIPAuthConfig `json:"sip_auth,omitempty"`
 
 	issuer *token.Issuer
 	users  users.Chain
@@ -118,6 +120,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.LoginThrottle.Window == 0 {
 		a.LoginThrottle.Window = caddy.Duration(15 * time.Minute)
 	}
+	if a.SIPAuth == nil {
+		a.SIPAuth = &SIPAuthConfig{}
+	}
 	if a.SecurityLog == nil {
 		a.SecurityLog = &SecurityLogConfig{}
 	}
@@ -178,6 +183,12 @@ func (a *App) Validate() error {
 	}
 	if a.AccessTTL != 0 && a.RefreshTTL != 0 && a.RefreshTTL < a.AccessTTL {
 		return errors.New("softphone: refresh_ttl must not be shorter than access_ttl")
+	}
+	if a.SIPAuth.AllowRemote && a.SIPAuth.Secret == "" {
+		return errors.New("softphone: sip_auth allow_remote needs a secret")
+	}
+	if a.SIPAuth.Secret != "" && len(a.SIPAuth.Secret) < 16 {
+		return errors.New("softphone: sip_auth secret must be at least 16 characters")
 	}
 	if a.LoginThrottle.MaxFailures < 1 || a.LoginThrottle.Window <= 0 {
 		return errors.New("softphone: login_throttle needs max_failures ≥ 1 and a positive window")

@@ -55,6 +55,14 @@ func init() {
 //			max_failures <n>
 //			window       <duration>
 //		}
+//		sip_auth {
+//			secret           <shared secret>
+//			allow_remote
+//			max_skew         <duration>
+//			max_expires      <seconds>
+//			call_hook        <url>
+//			call_status_hook <url>
+//		}
 //	}
 //
 // `users` may repeat; the backends are asked in the order written. Any other subdirective,
@@ -102,6 +110,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			app.SecurityLog, err = parseSecurityLog(d)
 		case "login_throttle":
 			app.LoginThrottle, err = parseThrottle(d)
+		case "sip_auth":
+			app.SIPAuth, err = parseSIPAuth(d)
 		default:
 			return nil, d.Errf("softphone: unknown subdirective %q", name)
 		}
@@ -327,6 +337,54 @@ func parseThrottle(d *caddyfile.Dispenser) (*ThrottleConfig, error) {
 			cfg.Window, err = durationArg(d)
 		default:
 			return nil, d.Errf("login_throttle: unknown subdirective %q", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
+
+func parseSIPAuth(d *caddyfile.Dispenser) (*SIPAuthConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	cfg := new(SIPAuthConfig)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return nil, d.Errf("sip_auth: %s is given twice", name)
+		}
+		seen[name] = true
+		var err error
+		switch name {
+		case "secret":
+			// An empty argument (an unset environment variable) means no secret.
+			if d.NextArg() {
+				cfg.Secret = d.Val()
+				if d.NextArg() {
+					return nil, d.ArgErr()
+				}
+			}
+		case "allow_remote":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			cfg.AllowRemote = true
+		case "max_skew":
+			cfg.MaxSkew, err = durationArg(d)
+		case "max_expires":
+			cfg.MaxExpires, err = intArg(d)
+			if err == nil && cfg.MaxExpires < 0 {
+				err = d.Err("sip_auth max_expires must not be negative")
+			}
+		case "call_hook":
+			cfg.CallHook, err = oneArg(d)
+		case "call_status_hook":
+			cfg.CallStatusHook, err = oneArg(d)
+		default:
+			return nil, d.Errf("sip_auth: unknown subdirective %q", name)
 		}
 		if err != nil {
 			return nil, err

@@ -26,6 +26,8 @@ const (
 	msgMethodNotAllowed    = "Method not allowed"
 	msgNotFound            = "Not found"
 	msgTooLarge            = "Request body too large"
+	msgForbidden           = "Forbidden"
+	msgBadRequest          = "Bad request"
 )
 
 // writeJSON sends v with status. Every API answer is uncacheable: most carry tokens or
