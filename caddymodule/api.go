@@ -126,6 +126,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxLoginBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
+		metrics.logins.WithLabelValues("bad_request").Inc()
 		if errors.As(err, &tooBig) {
 			writeError(w, http.StatusRequestEntityTooLarge, msgTooLarge, now)
 			return nil
@@ -137,6 +138,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeStrictJSON(body, &req); err != nil ||
 		req.Username == "" || req.Password == "" ||
 		len(req.Username) > users.MaxUsernameLen || len(req.Password) > 256 {
+		metrics.logins.WithLabelValues("bad_request").Inc()
 		writeError(w, http.StatusBadRequest, msgBadCredentialsInput, now)
 		return nil
 	}
@@ -146,10 +148,12 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	n, left, err := app.store.Failures(r.Context(), key)
 	if err != nil {
 		a.logger.Error("reading login throttle", zap.Error(err))
+		metrics.logins.WithLabelValues("error").Inc()
 		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
 		return nil
 	}
 	if n >= limit {
+		metrics.logins.WithLabelValues("throttled").Inc()
 		app.event(seclog.AuthFailed, "Failed login attempt for user: "+req.Username+" (throttled)", ip)
 		w.Header().Set("Retry-After", retryAfter(left))
 		writeError(w, http.StatusTooManyRequests, msgThrottled, now)
@@ -159,6 +163,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	u, err := app.lookupUser(r.Context(), req.Username)
 	if err != nil {
 		a.logger.Error("looking up user", zap.Error(err))
+		metrics.logins.WithLabelValues("error").Inc()
 		writeError(w, http.StatusInternalServerError, msgInternal, now)
 		return nil
 	}
@@ -167,6 +172,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 		if _, _, err := app.store.AddFailure(r.Context(), key, time.Duration(app.LoginThrottle.Window)); err != nil {
 			a.logger.Error("counting login failure", zap.Error(err))
 		}
+		metrics.logins.WithLabelValues("invalid").Inc()
 		app.event(seclog.AuthFailed, "Failed login attempt for user: "+req.Username, ip)
 		challenge(w, "")
 		writeError(w, http.StatusUnauthorized, msgBadCredentials, now)
@@ -181,6 +187,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 			a.logger.Error("clearing login throttle", zap.Error(err))
 		}
 	}
+	metrics.logins.WithLabelValues("ok").Inc()
 	app.event(seclog.AuthSuccess, "User "+u.Username+" logged in successfully", ip)
 	writeJSON(w, http.StatusOK, loginResponse{
 		Success:      true,
@@ -197,6 +204,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 func (a *API) refresh(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
 	c, v := a.authenticate(r, token.Refresh, headerOnly)
+	metrics.refreshes.WithLabelValues(v.String()).Inc()
 	switch v {
 	case verdictOK:
 	case verdictWrongType:
@@ -237,6 +245,7 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request) error {
 func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
 	c, v := a.authenticate(r, token.Access, headerOnly)
+	metrics.logouts.WithLabelValues(v.String()).Inc()
 	switch v {
 	case verdictOK:
 	case verdictWrongType:
@@ -275,6 +284,7 @@ type profileUser struct {
 func (a *API) profile(w http.ResponseWriter, r *http.Request) error {
 	now := a.app.now()
 	c, v := a.authenticate(r, token.Access, headerOnly)
+	metrics.tokenChecks.WithLabelValues("api", v.String()).Inc()
 	switch v {
 	case verdictOK:
 	case verdictWrongType:
@@ -310,6 +320,7 @@ func (a *API) health(w http.ResponseWriter, _ *http.Request) error {
 func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
 	c, v := a.authenticate(r, token.Access, headerOrAnyQuery)
+	metrics.tokenChecks.WithLabelValues("media", v.String()).Inc()
 	switch v {
 	case verdictOK:
 	case verdictWrongType:

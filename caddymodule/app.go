@@ -130,6 +130,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.SecurityLog.Path = filepath.Join(a.DataDir, "security.log")
 	}
 
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+
 	key, err := token.LoadOrCreateKey(a.KeyFile)
 	if err != nil {
 		return fmt.Errorf("loading signing key: %w", err)

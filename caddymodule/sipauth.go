@@ -85,21 +85,25 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !cfg.AllowRemote || cfg.Secret == "" {
 		if !loopbackPeer(r) {
+			metrics.sipAuth.WithLabelValues("forbidden").Inc()
 			writeError(w, http.StatusForbidden, msgForbidden, now)
 			return nil
 		}
 	}
 	if cfg.Secret != "" && !validSignature(r.Header.Get("Jambonz-Signature"), body, cfg.Secret, now, time.Duration(cfg.MaxSkew)) {
+		metrics.sipAuth.WithLabelValues("forbidden").Inc()
 		writeError(w, http.StatusForbidden, msgForbidden, now)
 		return nil
 	}
 	var req sipAuthRequest
 	if err := decodeStrictJSON(body, &req); err != nil {
+		metrics.sipAuth.WithLabelValues("bad_request").Inc()
 		writeError(w, http.StatusBadRequest, msgBadRequest, now)
 		return nil
 	}
 	creds, err := req.credentials()
 	if err != nil {
+		metrics.sipAuth.WithLabelValues("bad_request").Inc()
 		writeError(w, http.StatusBadRequest, msgBadRequest, now)
 		return nil
 	}
@@ -107,10 +111,12 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 	u, err := app.lookupUser(r.Context(), req.Username)
 	if err != nil {
 		a.logger.Error("looking up user", zap.Error(err))
+		metrics.sipAuth.WithLabelValues("error").Inc()
 		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
 		return nil
 	}
 	if !digestMatches(u, creds, req.Method) || !u.IsEnabled() {
+		metrics.sipAuth.WithLabelValues("fail").Inc()
 		app.event(seclog.AuthFailed, "Failed SIP registration for user: "+req.Username, req.SourceAddress)
 		writeJSON(w, http.StatusOK, sipAuthFailed)
 		return nil
@@ -125,6 +131,7 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 	if cfg.MaxExpires > 0 && req.Expires != nil && *req.Expires > cfg.MaxExpires {
 		ans.Expires = &cfg.MaxExpires
 	}
+	metrics.sipAuth.WithLabelValues("ok").Inc()
 	writeJSON(w, http.StatusOK, ans)
 	return nil
 }

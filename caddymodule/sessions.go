@@ -1,0 +1,80 @@
+package caddymodule
+
+import (
+	"context"
+	"sync"
+)
+
+// liveSessions tracks the streaming subscribers of each login session so that a logout cuts
+// them off at once (an EventSource or WebSocket stream checked its token only when it opened).
+type liveSessions struct {
+	mu   sync.Mutex
+	subs map[string]map[*liveSub]struct{}
+}
+
+type liveSub struct {
+	cancel context.CancelCauseFunc
+}
+
+// errLoggedOut is the cause given to a subscriber cut off by logout.
+var errLoggedOut = context.Canceled
+
+func newLiveSessions() *liveSessions {
+	return &liveSessions{subs: map[string]map[*liveSub]struct{}{}}
+}
+
+// add registers a subscriber of sid and returns the function that removes it.
+func (l *liveSessions) add(sid string, cancel context.CancelCauseFunc) (remove func()) {
+	s := &liveSub{cancel: cancel}
+	l.mu.Lock()
+	m := l.subs[sid]
+	if m == nil {
+		m = map[*liveSub]struct{}{}
+		l.subs[sid] = m
+	}
+	m[s] = struct{}{}
+	l.mu.Unlock()
+	return func() {
+		l.mu.Lock()
+		if m := l.subs[sid]; m != nil {
+			delete(m, s)
+			if len(m) == 0 {
+				delete(l.subs, sid)
+			}
+		}
+		l.mu.Unlock()
+	}
+}
+
+// cut cancels every subscriber of sid.
+func (l *liveSessions) cut(sid string) {
+	l.mu.Lock()
+	m := l.subs[sid]
+	delete(l.subs, sid)
+	l.mu.Unlock()
+	for s := range m {
+		s.cancel(errLoggedOut)
+	}
+}
+
+// sessionIDs lists the sessions that have live subscribers (for the revocation sweep).
+func (l *liveSessions) sessionIDs() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]string, 0, len(l.subs))
+	for sid := range l.subs {
+		out = append(out, sid)
+	}
+	return out
+}
+
+// count is the number of live subscribers.
+func (l *liveSessions) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.subs {
+		n += len(m)
+	}
+	return n
+}
