@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/seclog"
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/store"
 	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/token"
 	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/users"
 )
@@ -71,6 +72,7 @@ func (a *API) Provision(ctx caddy.Context) error {
 		"health":             {"GET", (*API).health},
 		"check-media-access": {"GET", (*API).checkMediaAccess},
 		"sip/auth":           {"POST", (*API).sipAuth},
+		"admin/logout-all":   {"POST", (*API).logoutAll},
 	}
 	return nil
 }
@@ -144,15 +146,23 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	ip := clientIP(r)
 	key := "login:" + req.Username + "|" + ip
-	limit := app.LoginThrottle.MaxFailures
+	addrKey := "addr:" + ip
 	n, left, err := app.store.Failures(r.Context(), key)
+	var an int
+	var aleft time.Duration
+	if err == nil {
+		an, aleft, err = app.store.Failures(r.Context(), addrKey)
+	}
 	if err != nil {
 		a.logger.Error("reading login throttle", zap.Error(err))
 		metrics.logins.WithLabelValues("error").Inc()
 		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
 		return nil
 	}
-	if n >= limit {
+	if an >= app.LoginThrottle.MaxFailuresPerAddress {
+		n, left = an, aleft
+	}
+	if n >= app.LoginThrottle.MaxFailures || an >= app.LoginThrottle.MaxFailuresPerAddress {
 		metrics.logins.WithLabelValues("throttled").Inc()
 		app.event(seclog.AuthFailed, "Failed login attempt for user: "+req.Username+" (throttled)", ip)
 		w.Header().Set("Retry-After", retryAfter(left))
@@ -169,8 +179,11 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	ok := users.CheckPassword(u, req.Password, app.Realm)
 	if !ok || !u.IsEnabled() {
-		if _, _, err := app.store.AddFailure(r.Context(), key, time.Duration(app.LoginThrottle.Window)); err != nil {
-			a.logger.Error("counting login failure", zap.Error(err))
+		window := time.Duration(app.LoginThrottle.Window)
+		for _, k := range []string{key, addrKey} {
+			if _, _, err := app.store.AddFailure(r.Context(), k, window); err != nil {
+				a.logger.Error("counting login failure", zap.Error(err))
+			}
 		}
 		metrics.logins.WithLabelValues("invalid").Inc()
 		app.event(seclog.AuthFailed, "Failed login attempt for user: "+req.Username, ip)
@@ -203,11 +216,15 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 // must still exist and be enabled; the new token carries their current role.
 func (a *API) refresh(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
-	c, v := a.authenticate(r, token.Refresh, headerOnly)
-	metrics.refreshes.WithLabelValues(v.String()).Inc()
+	raw, v := findToken(r, headerOnly)
+	var c *token.Claims
+	if v == verdictOK {
+		c, v = app.check(r, raw, token.Refresh)
+	}
 	switch v {
 	case verdictOK:
 	case verdictWrongType:
+		metrics.refreshes.WithLabelValues(v.String()).Inc()
 		challenge(w, "insufficient_scope")
 		writeError(w, http.StatusForbidden, msgRefreshWrongType, now)
 		return nil
@@ -228,15 +245,63 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request) error {
 		deny(w, verdictInvalid, msgRefreshBadToken, now)
 		return nil
 	}
+	if app.RefreshRotation != nil {
+		return a.rotate(w, r, u, c, raw)
+	}
 	access, _, err := app.issuer.Issue(identity(u), token.Access, c.SessionID())
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
+	metrics.refreshes.WithLabelValues("ok").Inc()
 	writeJSON(w, http.StatusOK, loginResponse{
 		Success:     true,
 		AccessToken: access,
 		TokenType:   "Bearer",
 		ExpiresIn:   int64(app.issuer.AccessTTL() / time.Second),
+	})
+	return nil
+}
+
+// rotate answers a refresh with a new pair and retires the presented refresh token
+// (RFC 9700 §4.14.2). The pair is derived from the presented token id and the rotation
+// time, so a concurrent retry within the grace window gets the very same pair; a retired
+// token presented later revokes the whole session.
+func (a *API) rotate(w http.ResponseWriter, r *http.Request, u *users.User, c *token.Claims, raw string) error {
+	app, now := a.app, a.app.now()
+	iss := app.issuer
+	presented := iss.PresentedID(c, raw)
+	next := iss.DeriveID("refresh", presented)
+	rot, err := app.store.Rotate(r.Context(), c.SessionID(), presented, next, now,
+		time.Duration(app.RefreshRotation.Grace), now.Add(iss.RefreshTTL()+time.Duration(app.Leeway)))
+	if err != nil {
+		a.logger.Error("rotating refresh token", zap.Error(err))
+		metrics.refreshes.WithLabelValues("error").Inc()
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	}
+	if rot.Outcome == store.Reused {
+		metrics.refreshes.WithLabelValues("reused").Inc()
+		live.cut(c.SessionID())
+		app.event(seclog.AuthFailed, "Reused refresh token for user: "+c.Username+" (session revoked)", clientIP(r))
+		deny(w, verdictRevoked, msgRefreshBadToken, now)
+		return nil
+	}
+	id := identity(u)
+	access, _, err := iss.IssueAt(id, token.Access, c.SessionID(), iss.DeriveID("access", presented), rot.At)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	refresh, _, err := iss.IssueAt(id, token.Refresh, c.SessionID(), next, rot.At)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	metrics.refreshes.WithLabelValues("ok").Inc()
+	writeJSON(w, http.StatusOK, loginResponse{
+		Success:      true,
+		AccessToken:  access,
+		RefreshToken: refresh,
+		TokenType:    "Bearer",
+		ExpiresIn:    int64(iss.AccessTTL() / time.Second),
 	})
 	return nil
 }
@@ -266,6 +331,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
 		return nil
 	}
+	live.cut(c.SessionID())
 	app.event(seclog.Logout, "User "+c.Username+" logged out", clientIP(r))
 	writeJSON(w, http.StatusOK, struct {
 		Success bool   `json:"success"`

@@ -41,8 +41,12 @@ type App struct {
 	Realm string `json:"realm,omitempty"`
 	// User backends, asked in order; the first that knows a user answers.
 	UsersRaw []json.RawMessage `json:"users,omitempty" caddy:"namespace=softphone.users inline_key=backend"`
-	// State store (revocations, throttling). Default: memory.
-	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=softphone.stores inline_key=engine"`
+	// State store (revocations, refresh families, throttling). Default: memory, journaled
+	// to data_dir/state.journal.
+	Store *StoreConfig `json:"store,omitempty"`
+	// Refresh-token rotation (RFC 9700 §4.14). Absent: off, as the MikoPBX apps expect
+	// (they keep reusing their refresh token).
+	RefreshRotation *RotationConfig `json:"refresh_rotation,omitempty"`
 	// Security log file. Default: data_dir/security.log, 10 MiB, 5 kept.
 	SecurityLog *SecurityLogConfig `json:"security_log,omitempty"`
 	// Login throttling. Default: 5 failures per username and address in 15 minutes.
@@ -50,12 +54,13 @@ type App struct {
 	// The SIP digest callback. Default: loopback callers only, unsigned.
 	SIPAuth *SIPAuthConfig `json:"sip_auth,omitempty"`
 
-	issuer *token.Issuer
-	users  users.Chain
-	store  store.Store
-	seclog *seclog.Log
-	logger *zap.Logger
-	now    func() time.Time
+	issuer   *token.Issuer
+	users    users.Chain
+	store    store.Store
+	storeKey string // the store's place in storePool
+	seclog   *seclog.Log
+	logger   *zap.Logger
+	now      func() time.Time
 }
 
 // SecurityLogConfig places and rotates the security log.
@@ -74,6 +79,8 @@ type SecurityLogConfig struct {
 type ThrottleConfig struct {
 	// Failures allowed for one username from one address within Window. Default 5.
 	MaxFailures int `json:"max_failures,omitempty"`
+	// Failures allowed from one address across all usernames within Window. Default 20.
+	MaxFailuresPerAddress int `json:"max_failures_per_address,omitempty"`
 	// Window length; it starts at the first failure. Default 15m.
 	Window caddy.Duration `json:"window,omitempty"`
 }
@@ -83,9 +90,11 @@ type UserBackend interface {
 	users.Backend
 }
 
-// StoreModule is what a `softphone.stores.*` module provides.
-type StoreModule interface {
-	Store() store.Store
+// RotationConfig turns refresh-token rotation on.
+type RotationConfig struct {
+	// How long after a rotation the previous refresh token still gets the same new pair
+	// (two requests racing from one app are not an attack). Default 30s.
+	Grace caddy.Duration `json:"grace,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -116,6 +125,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if a.LoginThrottle.MaxFailures == 0 {
 		a.LoginThrottle.MaxFailures = 5
+	}
+	if a.LoginThrottle.MaxFailuresPerAddress == 0 {
+		a.LoginThrottle.MaxFailuresPerAddress = 20
 	}
 	if a.LoginThrottle.Window == 0 {
 		a.LoginThrottle.Window = caddy.Duration(15 * time.Minute)
@@ -159,14 +171,16 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.logger.Warn("no user backends configured: every login will fail")
 	}
 
-	if a.StoreRaw == nil {
-		a.StoreRaw = json.RawMessage(`{"engine":"memory"}`)
+	if a.Store == nil {
+		a.Store = &StoreConfig{}
 	}
-	sm, err := ctx.LoadModule(a, "StoreRaw")
+	if a.RefreshRotation != nil && a.RefreshRotation.Grace == 0 {
+		a.RefreshRotation.Grace = caddy.Duration(30 * time.Second)
+	}
+	a.store, a.storeKey, err = a.Store.open(a.DataDir)
 	if err != nil {
-		return fmt.Errorf("loading store: %w", err)
+		return fmt.Errorf("opening state store: %w", err)
 	}
-	a.store = sm.(StoreModule).Store()
 
 	if !a.SecurityLog.Disabled {
 		a.seclog, err = seclog.Open(a.SecurityLog.Path, a.SecurityLog.MaxSize, a.SecurityLog.Keep)
@@ -194,7 +208,10 @@ func (a *App) Validate() error {
 	if a.SIPAuth.Secret != "" && len(a.SIPAuth.Secret) < 16 {
 		return errors.New("softphone: sip_auth secret must be at least 16 characters")
 	}
-	if a.LoginThrottle.MaxFailures < 1 || a.LoginThrottle.Window <= 0 {
+	if err := a.Store.validate(); err != nil {
+		return err
+	}
+	if a.LoginThrottle.MaxFailures < 1 || a.LoginThrottle.MaxFailuresPerAddress < 1 || a.LoginThrottle.Window <= 0 {
 		return errors.New("softphone: login_throttle needs max_failures ≥ 1 and a positive window")
 	}
 	return nil
@@ -209,6 +226,10 @@ func (a *App) Stop() error { return nil }
 // Cleanup releases what Provision took.
 func (a *App) Cleanup() error {
 	var errs []error
+	if a.storeKey != "" {
+		_, err := storePool.Delete(a.storeKey)
+		errs = append(errs, err)
+	}
 	if a.seclog != nil {
 		errs = append(errs, a.seclog.Close())
 	}

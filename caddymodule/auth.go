@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -64,8 +65,12 @@ func (app *App) check(r *http.Request, raw string, want token.Type) (*token.Clai
 	default:
 		return nil, verdictInvalid
 	}
-	revoked, err := app.store.SessionRevoked(r.Context(), c.SessionID())
+	revoked, err := app.store.Revoked(r.Context(), c.SessionID(), string(c.Subject), time.Unix(c.IssuedAt, 0))
 	if err != nil {
+		if app.Store.failOpen() && want == token.Access {
+			app.logger.Warn("state store unavailable: accepting the token unchecked for revocation (on_error open)", zap.Error(err))
+			return c, verdictOK
+		}
 		app.logger.Error("checking revocation", zap.Error(err))
 		return nil, verdictUnavailable
 	}

@@ -6,14 +6,12 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/store"
 	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/users"
 )
 
 func init() {
 	caddy.RegisterModule(FileUsers{})
 	caddy.RegisterModule(InlineUsers{})
-	caddy.RegisterModule(MemoryStore{})
 }
 
 // FileUsers (`softphone.users.file`) reads users from a JSON file: an array of
@@ -74,52 +72,10 @@ func (in *InlineUsers) Lookup(ctx context.Context, username string) (*users.User
 	return in.users.Lookup(ctx, username)
 }
 
-// MemoryStore (`softphone.stores.memory`) keeps state in this process. One store serves the
-// process across config reloads, so a revoked session stays revoked after `caddy reload`.
-type MemoryStore struct {
-	s *store.Memory
-}
-
-// memoryPool holds the process's one memory store while any config uses it.
-var memoryPool = caddy.NewUsagePool()
-
-type pooledMemory struct{ *store.Memory }
-
-func (pooledMemory) Destruct() error { return nil }
-
-// CaddyModule returns the Caddy module information.
-func (MemoryStore) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "softphone.stores.memory", New: func() caddy.Module { return new(MemoryStore) }}
-}
-
-// Provision creates the store.
-func (m *MemoryStore) Provision(caddy.Context) error {
-	v, _, err := memoryPool.LoadOrNew("memory", func() (caddy.Destructor, error) {
-		return pooledMemory{store.NewMemory(nil)}, nil
-	})
-	if err != nil {
-		return err
-	}
-	m.s = v.(pooledMemory).Memory
-	return nil
-}
-
-// Cleanup drops this config's hold on the pooled store.
-func (m *MemoryStore) Cleanup() error {
-	_, err := memoryPool.Delete("memory")
-	return err
-}
-
-// Store implements StoreModule.
-func (m *MemoryStore) Store() store.Store { return m.s }
-
 // Interface guards
 var (
-	_ caddy.Provisioner  = (*FileUsers)(nil)
-	_ UserBackend        = (*FileUsers)(nil)
-	_ caddy.Provisioner  = (*InlineUsers)(nil)
-	_ UserBackend        = (*InlineUsers)(nil)
-	_ caddy.Provisioner  = (*MemoryStore)(nil)
-	_ StoreModule        = (*MemoryStore)(nil)
-	_ caddy.CleanerUpper = (*MemoryStore)(nil)
+	_ caddy.Provisioner = (*FileUsers)(nil)
+	_ UserBackend       = (*FileUsers)(nil)
+	_ caddy.Provisioner = (*InlineUsers)(nil)
+	_ UserBackend       = (*InlineUsers)(nil)
 )

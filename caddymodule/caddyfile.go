@@ -46,14 +46,22 @@ func init() {
 //				call_status_hook <url>
 //			}
 //		}
-//		store          [memory | redis://… | rediss://…]
+//		store          [memory | redis://… | rediss://…] {
+//			prefix   <redis key prefix>
+//			journal  <path>
+//			on_error closed|open
+//		}
+//		refresh_rotation {
+//			grace <duration>
+//		}
 //		security_log   <path> | off {
 //			max_size <size>
 //			keep     <n>
 //		}
 //		login_throttle {
-//			max_failures <n>
-//			window       <duration>
+//			max_failures             <n>
+//			max_failures_per_address <n>
+//			window                   <duration>
 //		}
 //		sip_auth {
 //			secret           <shared secret>
@@ -105,7 +113,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			raw, err = parseUsers(d)
 			app.UsersRaw = append(app.UsersRaw, raw)
 		case "store":
-			app.StoreRaw, err = parseStore(d)
+			app.Store, err = parseStore(d)
+		case "refresh_rotation":
+			app.RefreshRotation, err = parseRotation(d)
 		case "security_log":
 			app.SecurityLog, err = parseSecurityLog(d)
 		case "login_throttle":
@@ -251,21 +261,74 @@ func parseInlineUser(d *caddyfile.Dispenser) (users.User, error) {
 	return u, nil
 }
 
-func parseStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
-	if !d.NextArg() {
-		return caddyconfig.JSONModuleObject(MemoryStore{}, "engine", "memory", nil), nil
+func parseStore(d *caddyfile.Dispenser) (*StoreConfig, error) {
+	cfg := &StoreConfig{}
+	if d.NextArg() {
+		v := d.Val()
+		switch {
+		case v == "memory":
+			cfg.Engine = "memory"
+		case strings.HasPrefix(v, "redis://") || strings.HasPrefix(v, "rediss://"):
+			cfg.Engine, cfg.URL = "redis", v
+		default:
+			return nil, d.Errf("store: want memory or a redis:// URL, got %q", v)
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
 	}
-	v := d.Val()
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return nil, d.Errf("store: %s is given twice", name)
+		}
+		seen[name] = true
+		var err error
+		switch name {
+		case "prefix":
+			cfg.Prefix, err = oneArg(d)
+		case "journal":
+			cfg.Journal, err = oneArg(d)
+		case "on_error":
+			cfg.OnError, err = oneArg(d)
+			if err == nil && cfg.OnError != "closed" && cfg.OnError != "open" {
+				err = d.Errf("store on_error: want closed or open, got %q", cfg.OnError)
+			}
+		default:
+			return nil, d.Errf("store: unknown subdirective %q", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
+
+func parseRotation(d *caddyfile.Dispenser) (*RotationConfig, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
-	switch {
-	case v == "memory":
-		return caddyconfig.JSONModuleObject(MemoryStore{}, "engine", "memory", nil), nil
-	case strings.HasPrefix(v, "redis://") || strings.HasPrefix(v, "rediss://"):
-		return caddyconfig.JSONModuleObject(map[string]string{"url": v}, "engine", "redis", nil), nil
+	cfg := new(RotationConfig)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return nil, d.Errf("refresh_rotation: %s is given twice", name)
+		}
+		seen[name] = true
+		switch name {
+		case "grace":
+			g, err := durationArg(d)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Grace = g
+		default:
+			return nil, d.Errf("refresh_rotation: unknown subdirective %q", name)
+		}
 	}
-	return nil, d.Errf("store: want memory or a redis:// URL, got %q", v)
+	return cfg, nil
 }
 
 func parseSecurityLog(d *caddyfile.Dispenser) (*SecurityLogConfig, error) {
@@ -332,6 +395,11 @@ func parseThrottle(d *caddyfile.Dispenser) (*ThrottleConfig, error) {
 			cfg.MaxFailures, err = intArg(d)
 			if err == nil && cfg.MaxFailures < 1 {
 				err = d.Err("login_throttle max_failures must be at least 1")
+			}
+		case "max_failures_per_address":
+			cfg.MaxFailuresPerAddress, err = intArg(d)
+			if err == nil && cfg.MaxFailuresPerAddress < 1 {
+				err = d.Err("login_throttle max_failures_per_address must be at least 1")
 			}
 		case "window":
 			cfg.Window, err = durationArg(d)

@@ -56,7 +56,7 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 			t.Fatal(err)
 		}
 		sp := cfg.Apps.Softphone
-		wantDir, wantAdmin, wantEngine := "./data", "localhost:2019", "memory"
+		wantDir, wantAdmin, wantEngine := "./data", "localhost:2019", ""
 		if d, ok := env["SOFTPHONE_DATA_DIR"]; ok {
 			wantDir = d
 		}
@@ -66,8 +66,8 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 		if env["SOFTPHONE_REDIS_URL"] != "" {
 			wantEngine = "redis"
 		}
-		if sp.DataDir != wantDir || cfg.Admin.Listen != wantAdmin || !strings.Contains(string(sp.StoreRaw), `"engine":"`+wantEngine+`"`) {
-			t.Fatalf("env %v: data_dir %q admin %q store %s", env, sp.DataDir, cfg.Admin.Listen, sp.StoreRaw)
+		if sp.DataDir != wantDir || cfg.Admin.Listen != wantAdmin || sp.Store == nil || sp.Store.Engine != wantEngine {
+			t.Fatalf("env %v: data_dir %q admin %q store %+v", env, sp.DataDir, cfg.Admin.Listen, sp.Store)
 		}
 		if !strings.Contains(out, `"handler":"softphone_api"`) {
 			t.Fatalf("no softphone_api handler in %s", out)
@@ -98,7 +98,13 @@ func TestCaddyfileGlobalOption(t *testing.T) {
 				ha1 0123456789abcdef0123456789abcdef
 			}
 		}
-		store memory
+		store redis://127.0.0.1:6379/2 {
+			prefix pbx1:
+			on_error open
+		}
+		refresh_rotation {
+			grace 10s
+		}
 		security_log /var/log/softphone/security.log {
 			max_size 1MiB
 			keep 3
@@ -124,7 +130,8 @@ func TestCaddyfileGlobalOption(t *testing.T) {
 		`{"backend":"file","path":"/etc/users.json"}`,
 		`{"call_hook":"http://127.0.0.1/call","display_name":"Eve Inline","enabled":false,"id":301,"password":"s3cret","role":"admin","username":"301"}`,
 		`{"ha1":"0123456789abcdef0123456789abcdef","id":302,"username":"302"}`,
-		`"store":{"engine":"memory"}`,
+		`"store":{"engine":"redis","url":"redis://127.0.0.1:6379/2","prefix":"pbx1:","on_error":"open"}`,
+		`"refresh_rotation":{"grace":10000000000}`,
 		`"security_log":{"path":"/var/log/softphone/security.log","max_size":1048576,"keep":3}`,
 		`"login_throttle":{"max_failures":7,"window":600000000000}`,
 		`"handler":"softphone_api","prefix":"/api/v1"`,

@@ -13,8 +13,12 @@ type liveSessions struct {
 }
 
 type liveSub struct {
+	user   string
 	cancel context.CancelCauseFunc
 }
+
+// live is the process's registry: it outlives config reloads, like the connections it tracks.
+var live = newLiveSessions()
 
 // errLoggedOut is the cause given to a subscriber cut off by logout.
 var errLoggedOut = context.Canceled
@@ -23,9 +27,10 @@ func newLiveSessions() *liveSessions {
 	return &liveSessions{subs: map[string]map[*liveSub]struct{}{}}
 }
 
-// add registers a subscriber of sid and returns the function that removes it.
-func (l *liveSessions) add(sid string, cancel context.CancelCauseFunc) (remove func()) {
-	s := &liveSub{cancel: cancel}
+// add registers a subscriber of session sid (user sub) and returns the function that
+// removes it.
+func (l *liveSessions) add(sid, sub string, cancel context.CancelCauseFunc) (remove func()) {
+	s := &liveSub{user: sub, cancel: cancel}
 	l.mu.Lock()
 	m := l.subs[sid]
 	if m == nil {
@@ -53,6 +58,27 @@ func (l *liveSessions) cut(sid string) {
 	delete(l.subs, sid)
 	l.mu.Unlock()
 	for s := range m {
+		s.cancel(errLoggedOut)
+	}
+}
+
+// cutUser cancels every subscriber of user sub (logout everywhere).
+func (l *liveSessions) cutUser(sub string) {
+	var cut []*liveSub
+	l.mu.Lock()
+	for sid, m := range l.subs {
+		for s := range m {
+			if s.user == sub {
+				cut = append(cut, s)
+				delete(m, s)
+			}
+		}
+		if len(m) == 0 {
+			delete(l.subs, sid)
+		}
+	}
+	l.mu.Unlock()
+	for _, s := range cut {
 		s.cancel(errLoggedOut)
 	}
 }
