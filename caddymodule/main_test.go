@@ -40,6 +40,7 @@ type gatewayProc struct {
 	Port     int
 	AdminURL string
 	logPath  string
+	env      []string
 }
 
 // startGatewayProc runs Caddy (this test binary) on the Caddyfile in config, in which
@@ -63,6 +64,36 @@ func startGatewayProc(t *testing.T, dir, config string) *gatewayProc {
 	return p
 }
 
+// startExampleProc runs ../Caddyfile.example as shipped, placed by its environment
+// variables (plus env), with data in dir.
+func startExampleProc(t *testing.T, dir string, env ...string) *gatewayProc {
+	t.Helper()
+	p := &gatewayProc{t: t, Port: testenv.FreePort(t), config: "../Caddyfile.example"}
+	admin := testenv.FreePort(t)
+	p.Base = "http://127.0.0.1:" + strconv.Itoa(p.Port)
+	p.API = p.Base + DefaultPrefix
+	p.AdminURL = "http://127.0.0.1:" + strconv.Itoa(admin)
+	p.logPath = filepath.Join(dir, "caddy.log")
+	p.env = append([]string{
+		"SOFTPHONE_LISTEN=http://127.0.0.1:" + strconv.Itoa(p.Port),
+		"SOFTPHONE_ADMIN=127.0.0.1:" + strconv.Itoa(admin),
+		"SOFTPHONE_DATA_DIR=" + filepath.Join(dir, "data"),
+		"SOFTPHONE_USERS_FILE=../examples/users.json",
+		"SOFTPHONE_RECORDINGS_DIR=../examples/recordings",
+		"XDG_DATA_HOME=" + filepath.Join(dir, "xdg-data"),
+		"XDG_CONFIG_HOME=" + filepath.Join(dir, "xdg-config"),
+	}, env...)
+	p.start()
+	t.Cleanup(p.stop)
+	return p
+}
+
+// log returns what the process has written so far.
+func (p *gatewayProc) log() string {
+	b, _ := os.ReadFile(p.logPath)
+	return string(b)
+}
+
 func (p *gatewayProc) start() {
 	p.t.Helper()
 	log, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -71,7 +102,7 @@ func (p *gatewayProc) start() {
 	}
 	defer log.Close()
 	p.cmd = exec.Command(os.Args[0])
-	p.cmd.Env = append(os.Environ(), "SOFTPHONE_TEST_AS_CADDY="+strings.Join([]string{"run", "--config", p.config, "--adapter", "caddyfile"}, "\x1f"))
+	p.cmd.Env = append(append(os.Environ(), p.env...), "SOFTPHONE_TEST_AS_CADDY="+strings.Join([]string{"run", "--config", p.config, "--adapter", "caddyfile"}, "\x1f"))
 	p.cmd.Stdout, p.cmd.Stderr = log, log
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatal(err)

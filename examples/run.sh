@@ -12,8 +12,10 @@ trap stop INT TERM
 bin/caddy run --config Caddyfile.example --adapter caddyfile &
 pids="$pids $!"
 
-port=${SOFTPHONE_LISTEN##*:}
-base="http://127.0.0.1:$port/pbxcore/api/module-softphone-backend/v1"
+addr=${SOFTPHONE_LISTEN#*://}
+port=${addr##*:}
+case "$SOFTPHONE_LISTEN" in https://*) scheme=https ;; *) scheme=http ;; esac
+base="$scheme://127.0.0.1:$port/pbxcore/api/module-softphone-backend/v1"
 tries=0
 until curl -fsS "$base/health" >/dev/null 2>&1; do
 	tries=$((tries + 1))
