@@ -11,24 +11,34 @@ import (
 
 // Binding is one Contact registered for an AOR (RFC 3261 §10).
 type Binding struct {
-	AOR         string    `json:"aor"`          // "user@domain", lower-case domain
-	Contact     string    `json:"contact"`      // Contact URI as the phone sent it, without header params
-	ExpiresAt   time.Time `json:"expires_at"`   // absolute expiry of the granted registration
-	Granted     int       `json:"granted"`      // seconds granted at the last authenticated REGISTER
-	AuthAt      time.Time `json:"auth_at"`      // when the hook last accepted this binding
-	UpdatedAt   time.Time `json:"updated_at"`   // last REGISTER that touched it
-	CallID      string    `json:"call_id"`      // Call-ID of the REGISTER that created or refreshed it
-	CSeq        uint32    `json:"cseq"`         // CSeq number of that REGISTER
-	Source      string    `json:"source"`       // observed source ip:port, used for routing
-	Transport   string    `json:"transport"`    // udp, tcp, tls, ws, wss (lower case)
-	UserAgent   string    `json:"user_agent,omitempty"`
-	InstanceID  string    `json:"instance_id,omitempty"` // +sip.instance when present
-	Q           string    `json:"q,omitempty"`
-	NAT         bool      `json:"nat"` // told the short NAT expiry
-	DisplayName string    `json:"display_name,omitempty"`
-	CallHook       string `json:"call_hook,omitempty"`
-	CallStatusHook string `json:"call_status_hook,omitempty"`
-	WebRTC      bool      `json:"supports_webrtc,omitempty"`
+	AOR            string    `json:"aor"`        // "user@domain", lower-case domain
+	Contact        string    `json:"contact"`    // Contact URI as the phone sent it, without header params
+	ExpiresAt      time.Time `json:"expires_at"` // absolute expiry of the granted registration
+	Granted        int       `json:"granted"`    // seconds granted at the last authenticated REGISTER
+	AuthAt         time.Time `json:"auth_at"`    // when the hook last accepted this binding
+	UpdatedAt      time.Time `json:"updated_at"` // last REGISTER that touched it
+	CallID         string    `json:"call_id"`    // Call-ID of the REGISTER that created or refreshed it
+	CSeq           uint32    `json:"cseq"`       // CSeq number of that REGISTER
+	Source         string    `json:"source"`     // observed source ip:port, used for routing
+	Transport      string    `json:"transport"`  // udp, tcp, tls, ws, wss (lower case)
+	UserAgent      string    `json:"user_agent,omitempty"`
+	InstanceID     string    `json:"instance_id,omitempty"` // +sip.instance when present
+	Q              string    `json:"q,omitempty"`
+	NAT            bool      `json:"nat"` // told the short NAT expiry
+	DisplayName    string    `json:"display_name,omitempty"`
+	CallHook       string    `json:"call_hook,omitempty"`
+	CallStatusHook string    `json:"call_status_hook,omitempty"`
+	WebRTC         bool      `json:"supports_webrtc,omitempty"`
+}
+
+// Key identifies the binding within its AOR: the +sip.instance when the phone sent one
+// (RFC 5626 §4.2: the same device re-registering from a new address replaces itself),
+// else the Contact URI.
+func (b Binding) Key() string {
+	if b.InstanceID != "" {
+		return "instance:" + b.InstanceID
+	}
+	return b.Contact
 }
 
 // Live reports whether the binding has not expired at now.
