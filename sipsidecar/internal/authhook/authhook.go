@@ -1,0 +1,194 @@
+// Package authhook asks an HTTP service whether a REGISTER's digest is right: the jambonz
+// callback contract. The registrar never sees a password; the hook recomputes the response.
+package authhook
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	neturl "net/url"
+	"strconv"
+	"time"
+)
+
+// Request is the callback body (jambonz contract plus the observed source).
+type Request struct {
+	Method        string `json:"method"`
+	Expires       int    `json:"expires"`
+	Scheme        string `json:"scheme"`
+	Username      string `json:"username"`
+	Realm         string `json:"realm"`
+	Nonce         string `json:"nonce"`
+	URI           string `json:"uri"`
+	Response      string `json:"response"`
+	QOP           string `json:"qop,omitempty"`
+	NC            string `json:"nc,omitempty"`
+	CNonce        string `json:"cnonce,omitempty"`
+	Algorithm     string `json:"algorithm"`
+	SourceAddress string `json:"source_address"`
+	SourcePort    int    `json:"source_port"`
+}
+
+// Verdict is the hook's answer.
+type Verdict struct {
+	OK             bool
+	Msg            string
+	Expires        int // 0: not given
+	CallHook       string
+	CallStatusHook string
+	DisplayName    string
+}
+
+type answer struct {
+	Status         string `json:"status"`
+	Msg            string `json:"msg"`
+	Expires        *int   `json:"expires"`
+	CallHook       string `json:"call_hook"`
+	CallStatusHook string `json:"call_status_hook"`
+	DisplayName    string `json:"display_name"`
+}
+
+// ErrUnavailable: the hook gave no verdict (non-200, timeout, unreachable, garbage, or too
+// many callbacks already in flight). The registrar answers 503 and stores nothing.
+var ErrUnavailable = errors.New("authhook: no verdict")
+
+// maxAnswer bounds the hook's answer.
+const maxAnswer = 16 << 10
+
+// Client calls the hook. Safe for concurrent use.
+type Client struct {
+	url      string
+	secret   []byte
+	user     string
+	password string
+	http     *http.Client
+	slots    chan struct{}
+	now      func() time.Time
+}
+
+// Options configure a Client.
+type Options struct {
+	URL         string
+	Secret      string        // HMAC-SHA256 signing secret (Jambonz-Signature); empty: unsigned
+	Username    string        // Basic auth, when set
+	Password    string        //
+	Timeout     time.Duration // per callback; default 2s
+	Concurrency int           // callbacks in flight at most; default 64
+	Now         func() time.Time
+}
+
+// New returns a client.
+func New(o Options) (*Client, error) {
+	u, err := neturl.Parse(o.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("auth hook URL %q is not an http(s) URL", o.URL)
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 64
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = o.Concurrency
+	tr.ResponseHeaderTimeout = o.Timeout
+	return &Client{
+		url:      o.URL,
+		secret:   []byte(o.Secret),
+		user:     o.Username,
+		password: o.Password,
+		http:     &http.Client{Timeout: o.Timeout, Transport: tr, CheckRedirect: noRedirects},
+		slots:    make(chan struct{}, o.Concurrency),
+		now:      o.Now,
+	}, nil
+}
+
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// InFlight is the number of callbacks under way.
+func (c *Client) InFlight() int { return len(c.slots) }
+
+// Sign returns the Jambonz-Signature value for body at t.
+func Sign(secret []byte, body []byte, t time.Time) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(ts))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return "t=" + ts + ",v1=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// Check asks the hook. A fail verdict is a Verdict with OK false and a nil error; every way
+// of getting no verdict is an error wrapping ErrUnavailable. It never waits for a slot: when
+// the configured number of callbacks is already in flight it fails at once.
+func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
+	select {
+	case c.slots <- struct{}{}:
+		defer func() { <-c.slots }()
+	default:
+		return Verdict{}, fmt.Errorf("%w: %d callbacks already in flight", ErrUnavailable, cap(c.slots))
+	}
+	body, err := json.Marshal(r)
+	if err != nil {
+		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if len(c.secret) > 0 {
+		req.Header.Set("Jambonz-Signature", Sign(c.secret, body, c.now()))
+	}
+	if c.user != "" {
+		req.SetBasicAuth(c.user, c.password)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *neturl.Error
+		if errors.As(err, &ue) { // its text repeats the URL; keep the cause only
+			err = ue.Err
+		}
+		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
+	if err != nil {
+		return Verdict{}, fmt.Errorf("%w: reading answer: %v", ErrUnavailable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return Verdict{}, fmt.Errorf("%w: status %d", ErrUnavailable, resp.StatusCode)
+	}
+	if len(raw) > maxAnswer {
+		return Verdict{}, fmt.Errorf("%w: answer larger than %d bytes", ErrUnavailable, maxAnswer)
+	}
+	var a answer
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&a); err != nil || dec.More() {
+		return Verdict{}, fmt.Errorf("%w: answer is not one JSON object", ErrUnavailable)
+	}
+	switch a.Status {
+	case "ok":
+		v := Verdict{OK: true, CallHook: a.CallHook, CallStatusHook: a.CallStatusHook, DisplayName: a.DisplayName}
+		if a.Expires != nil {
+			if *a.Expires < 0 {
+				return Verdict{}, fmt.Errorf("%w: negative expires", ErrUnavailable)
+			}
+			v.Expires = *a.Expires
+		}
+		return v, nil
+	case "fail":
+		return Verdict{OK: false, Msg: a.Msg}, nil
+	}
+	return Verdict{}, fmt.Errorf("%w: unknown status %q", ErrUnavailable, a.Status)
+}

@@ -1,0 +1,199 @@
+package authhook
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var req = Request{Method: "REGISTER", Expires: 3600, Scheme: "digest", Username: "201", Realm: "pbx",
+	Nonce: "n", URI: "sip:pbx", Response: "r", QOP: "auth", NC: "00000001", CNonce: "c", Algorithm: "MD5",
+	SourceAddress: "203.0.113.7", SourcePort: 5060}
+
+func hook(t *testing.T, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func client(t *testing.T, o Options) *Client {
+	t.Helper()
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestVerdicts(t *testing.T) {
+	cases := []struct {
+		name    string
+		status  int
+		body    string
+		want    Verdict
+		unavail bool
+	}{
+		{"ok with extras", 200, `{"status":"ok","expires":600,"call_hook":"http://x/call","call_status_hook":"http://x/st","display_name":"Alice"}`,
+			Verdict{OK: true, Expires: 600, CallHook: "http://x/call", CallStatusHook: "http://x/st", DisplayName: "Alice"}, false},
+		{"bare ok", 200, `{"status":"ok"}`, Verdict{OK: true}, false},
+		{"fail", 200, `{"status":"fail","msg":"bad password"}`, Verdict{Msg: "bad password"}, false},
+		{"500", 500, `{"status":"ok"}`, Verdict{}, true},
+		{"401 from the hook", 401, ``, Verdict{}, true},
+		{"garbage", 200, `<html>`, Verdict{}, true},
+		{"two objects", 200, `{"status":"ok"}{"status":"ok"}`, Verdict{}, true},
+		{"unknown status", 200, `{"status":"maybe"}`, Verdict{}, true},
+		{"negative expires", 200, `{"status":"ok","expires":-5}`, Verdict{}, true},
+		{"wrong type", 200, `{"status":1}`, Verdict{}, true},
+		{"oversized", 200, `{"status":"ok","msg":"` + strings.Repeat("x", maxAnswer) + `"}`, Verdict{}, true},
+		{"redirect is not followed", 302, ``, Verdict{}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			srv := hook(t, func(w http.ResponseWriter, r *http.Request) {
+				if c.status == 302 {
+					w.Header().Set("Location", "http://127.0.0.1:1/")
+				}
+				w.WriteHeader(c.status)
+				io.WriteString(w, c.body)
+			})
+			v, err := client(t, Options{URL: srv.URL}).Check(context.Background(), req)
+			if c.unavail {
+				if !errors.Is(err, ErrUnavailable) {
+					t.Fatalf("err %v, want ErrUnavailable", err)
+				}
+				return
+			}
+			if err != nil || v != c.want {
+				t.Fatalf("verdict %+v %v, want %+v", v, err, c.want)
+			}
+		})
+	}
+}
+
+func TestBodyBasicAuthAndSignature(t *testing.T) {
+	now := time.Unix(1_900_000_000, 0)
+	var got []byte
+	var hdr http.Header
+	srv := hook(t, func(w http.ResponseWriter, r *http.Request) {
+		got, _ = io.ReadAll(r.Body)
+		hdr = r.Header.Clone()
+		io.WriteString(w, `{"status":"ok"}`)
+	})
+	c := client(t, Options{URL: srv.URL, Secret: "s3cret", Username: "hookuser", Password: "hookpw", Now: func() time.Time { return now }})
+	if _, err := c.Check(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(got, &m)
+	for _, k := range []string{"method", "expires", "scheme", "username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce", "algorithm", "source_address", "source_port"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("body lacks %s: %s", k, got)
+		}
+	}
+	if u, p, ok := (&http.Request{Header: hdr}).BasicAuth(); !ok || u != "hookuser" || p != "hookpw" {
+		t.Errorf("basic auth %q %q %v", u, p, ok)
+	}
+	sig := hdr.Get("Jambonz-Signature")
+	if want := Sign([]byte("s3cret"), got, now); !hmac.Equal([]byte(sig), []byte(want)) || !strings.HasPrefix(sig, "t=1900000000,v1=") {
+		t.Errorf("signature %q, want %q", sig, want)
+	}
+}
+
+func TestHungHookTimesOutFast(t *testing.T) {
+	release := make(chan struct{})
+	srv := hook(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release)
+	start := time.Now()
+	_, err := client(t, Options{URL: srv.URL, Timeout: 200 * time.Millisecond}).Check(context.Background(), req)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("hung hook took %s", d)
+	}
+}
+
+func TestDeadHook(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err := client(t, Options{URL: "http://" + addr + "/hook?key=secret-in-url"}).Check(context.Background(), req)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err %v", err)
+	}
+	if strings.Contains(err.Error(), "secret-in-url") {
+		t.Fatalf("error text carries the URL query: %v", err)
+	}
+}
+
+// A REGISTER flood must not become an unbounded HTTP flood: past the limit, Check fails at
+// once instead of queueing.
+func TestConcurrencyIsBounded(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	inHook, peak := 0, 0
+	srv := hook(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inHook++
+		peak = max(peak, inHook)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		inHook--
+		mu.Unlock()
+		io.WriteString(w, `{"status":"ok"}`)
+	})
+	c := client(t, Options{URL: srv.URL, Concurrency: 3, Timeout: 5 * time.Second})
+	var wg sync.WaitGroup
+	results := make(chan error, 20)
+	for range 3 {
+		wg.Go(func() { _, err := c.Check(context.Background(), req); results <- err })
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for c.InFlight() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	for range 10 {
+		if _, err := c.Check(context.Background(), req); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("over the limit: %v", err)
+		}
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("refusals took %s: they waited", d)
+	}
+	close(release)
+	wg.Wait()
+	close(results)
+	for err := range results {
+		if err != nil {
+			t.Errorf("admitted callback: %v", err)
+		}
+	}
+	if peak > 3 {
+		t.Fatalf("%d callbacks reached the hook at once, limit 3", peak)
+	}
+}
+
+func TestBadURL(t *testing.T) {
+	for _, u := range []string{"", "ftp://x", "not a url", "http://"} {
+		if _, err := New(Options{URL: u}); err == nil {
+			t.Errorf("New(%q) accepted", u)
+		}
+	}
+}
