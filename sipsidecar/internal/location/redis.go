@@ -282,7 +282,7 @@ func (r *Redis) AORs(ctx context.Context, now time.Time) ([]string, error) {
 }
 
 // useNonce raises a nonce's nc only upwards.
-var useNonce = redis.NewScript(`
+var useNonce = redisScript(`
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) <= cur then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -310,3 +310,5 @@ func (r *Redis) Close() error {
 	}
 	return nil
 }
+
+func redisScript(src string) *redis.Script { return redis.NewScript(src) }

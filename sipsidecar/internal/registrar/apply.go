@@ -1,0 +1,206 @@
+package registrar
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/authhook"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
+)
+
+// apply stores an authenticated REGISTER's contacts atomically (RFC 3261 §10.3 steps 6-8)
+// and answers with every binding.
+func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src Source, v authhook.Verdict, now time.Time) *sip.Response {
+	var added, removed []location.Binding
+	natKeys := map[string]bool{}
+	name := v.DisplayName
+	if name == "" {
+		name = rq.displayName
+	}
+	retransmission := false
+	result, err := r.store.Update(ctx, rq.aor, now, func(cur []location.Binding) ([]location.Binding, error) {
+		added, removed, retransmission = added[:0], removed[:0], false
+		if rq.wildcard {
+			// "*" removes every binding, unless one of this Call-ID is newer (step 6).
+			for _, b := range cur {
+				if b.CallID == rq.callID && rq.cseq <= b.CSeq {
+					return nil, errOutOfOrder
+				}
+			}
+			removed = append(removed, cur...)
+			return nil, nil
+		}
+		next := append([]location.Binding(nil), cur...)
+		for _, c := range rq.contacts {
+			i := indexOf(next, c.key())
+			if i >= 0 && next[i].CallID == rq.callID {
+				switch {
+				case rq.cseq == next[i].CSeq:
+					// The same request again (its answer was lost): answer, change nothing.
+					retransmission = true
+					continue
+				case rq.cseq < next[i].CSeq:
+					return nil, errOutOfOrder
+				}
+			}
+			if c.expires == 0 {
+				if i >= 0 {
+					removed = append(removed, next[i])
+					next = append(next[:i], next[i+1:]...)
+				}
+				continue
+			}
+			granted := min(c.expires, r.cfg.MaxExpires)
+			if v.Expires > 0 {
+				granted = min(granted, v.Expires) // never more than the hook allows
+			}
+			b := location.Binding{
+				AOR: rq.aor, Contact: c.uri, ExpiresAt: now.Add(time.Duration(granted) * time.Second),
+				Granted: granted, AuthAt: now, UpdatedAt: now, CallID: rq.callID, CSeq: rq.cseq,
+				Source: src.Addr(), Transport: src.Transport, UserAgent: rq.userAgent, InstanceID: c.instance,
+				Q: c.q, NAT: behindNAT(req, c, src), DisplayName: name, CallHook: v.CallHook,
+				CallStatusHook: v.CallStatusHook, WebRTC: src.Transport == "ws" || src.Transport == "wss",
+			}
+			if b.NAT {
+				natKeys[b.Key()] = true
+			}
+			if i >= 0 {
+				next[i] = b
+			} else {
+				next = append(next, b)
+				added = append(added, b)
+			}
+		}
+		if len(next) > r.cfg.MaxContacts {
+			return nil, errTooMany
+		}
+		return next, nil
+	})
+	switch {
+	case errors.Is(err, errOutOfOrder):
+		r.count("out_of_order")
+		return r.reply(req, 500, "Out Of Order")
+	case errors.Is(err, errTooMany):
+		r.count("too_many_contacts")
+		res := r.reply(req, 403, "Forbidden")
+		res.AppendHeader(sip.NewHeader("X-Reason", "too many contacts (at most "+strconv.Itoa(r.cfg.MaxContacts)+")"))
+		return res
+	case err != nil:
+		r.log.Warn("store unavailable", "aor", rq.aor, "err", err)
+		r.count("store_unavailable")
+		return r.unavailable(req)
+	}
+	if r.events != nil {
+		for _, b := range added {
+			r.events.Registered(b)
+		}
+		for _, b := range removed {
+			r.events.Unregistered(b)
+		}
+	}
+	switch {
+	case retransmission:
+		r.count("retransmission")
+	case len(rq.contacts) == 0 && !rq.wildcard:
+		r.count("query")
+	case rq.wildcard || allZero(rq.contacts):
+		r.count("unregistered")
+	default:
+		r.count("ok")
+	}
+	return r.ok(req, result, natKeys, now)
+}
+
+// natRefresh answers a refresh without credentials when every contact is already bound,
+// live, NATed, from this very source and transport, in this Call-ID with a higher CSeq.
+// The binding keeps its granted expiry; only CSeq and UpdatedAt move. nil: not a refresh.
+func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request, src Source, now time.Time) *sip.Response {
+	if rq.wildcard || len(rq.contacts) == 0 {
+		return nil
+	}
+	for _, c := range rq.contacts {
+		if c.expires == 0 {
+			return nil // unregistering always needs credentials
+		}
+	}
+	existing, err := r.store.Lookup(ctx, rq.aor, now)
+	if err != nil || len(existing) == 0 {
+		return nil
+	}
+	for _, c := range rq.contacts {
+		i := indexOf(existing, c.key())
+		if i < 0 {
+			return nil
+		}
+		b := existing[i]
+		if !b.NAT || b.Source != src.Addr() || b.Transport != src.Transport || b.CallID != rq.callID || rq.cseq <= b.CSeq {
+			return nil
+		}
+	}
+	natKeys := map[string]bool{}
+	result, err := r.store.Update(ctx, rq.aor, now, func(cur []location.Binding) ([]location.Binding, error) {
+		for _, c := range rq.contacts {
+			i := indexOf(cur, c.key())
+			if i < 0 || cur[i].CallID != rq.callID || rq.cseq <= cur[i].CSeq {
+				return nil, errOutOfOrder // changed under us: take the authenticated path
+			}
+			cur[i].CSeq, cur[i].UpdatedAt = rq.cseq, now
+			natKeys[cur[i].Key()] = true
+		}
+		return cur, nil
+	})
+	if err != nil {
+		return nil
+	}
+	r.count("nat_refresh")
+	return r.ok(req, result, natKeys, now)
+}
+
+// ok is the 200 listing every live binding with its remaining expiry; a NATed contact of
+// this request is told NATExpires so it keeps its pinhole open.
+func (r *Registrar) ok(req *sip.Request, bindings []location.Binding, natKeys map[string]bool, now time.Time) *sip.Response {
+	res := r.reply(req, 200, "OK")
+	for _, b := range bindings {
+		left := int(b.ExpiresAt.Sub(now).Round(time.Second) / time.Second)
+		if left <= 0 {
+			continue
+		}
+		if natKeys[b.Key()] {
+			left = min(left, r.cfg.NATExpires)
+		}
+		var u sip.Uri
+		if err := sip.ParseUri(b.Contact, &u); err != nil {
+			continue
+		}
+		h := &sip.ContactHeader{Address: u, Params: sip.NewParams()}
+		h.Params.Add("expires", strconv.Itoa(left))
+		if b.InstanceID != "" {
+			h.Params.Add("+sip.instance", `"`+b.InstanceID+`"`)
+		}
+		res.AppendHeader(h)
+	}
+	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")))
+	return res
+}
+
+func indexOf(bs []location.Binding, key string) int {
+	for i, b := range bs {
+		if b.Key() == key {
+			return i
+		}
+	}
+	return -1
+}
+
+func allZero(cs []contact) bool {
+	for _, c := range cs {
+		if c.expires != 0 {
+			return false
+		}
+	}
+	return len(cs) > 0
+}

@@ -1,0 +1,341 @@
+package registrar
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/sipdigest"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/authhook"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/digest"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
+)
+
+// contact is one Contact of a REGISTER with its requested expiry.
+type contact struct {
+	uri      string // the Contact URI as sent, without header parameters
+	expires  int
+	instance string // +sip.instance, if any
+	q        string
+	host     string
+	port     int
+}
+
+func (c contact) key() string {
+	return location.Binding{Contact: c.uri, InstanceID: c.instance}.Key()
+}
+
+// request is what the REGISTER says, checked.
+type request struct {
+	aor, user, host string
+	callID          string
+	cseq            uint32
+	wildcard        bool
+	contacts        []contact
+	expires         int // what the phone asked for, for the hook
+	userAgent       string
+	displayName     string
+}
+
+// errors that become answers
+var (
+	errOutOfOrder  = errors.New("out of order")
+	errTooMany     = errors.New("too many contacts")
+	errStoreFailed = errors.New("store failed")
+)
+
+// maxExpiresValue bounds any expires value before arithmetic (2^32-1, RFC 3261 §20.19).
+const maxExpiresValue = 1<<32 - 1
+
+func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) *sip.Response {
+	now := r.now()
+	rq, bad := r.parse(req)
+	if bad != nil {
+		r.count("bad_request")
+		return bad
+	}
+	realm := r.cfg.Realm
+	if realm == "" {
+		realm = rq.host
+	}
+
+	// A NATed phone refreshing its pinhole from the same place is answered from the store
+	// without a challenge or a hook call (jambonz behaviour).
+	if req.GetHeader("Authorization") == nil {
+		if res := r.natRefresh(ctx, req, rq, src, now); res != nil {
+			return res
+		}
+		r.count("challenged")
+		return r.challenge(req, realm, false)
+	}
+
+	creds, res := r.credentials(req, rq, realm, src)
+	if res != nil {
+		return res
+	}
+
+	verdict, err := r.hook.Check(ctx, authhook.Request{
+		Method: string(req.Method), Expires: rq.expires, Scheme: "digest", Username: creds.Username,
+		Realm: creds.Realm, Nonce: creds.Nonce, URI: creds.URI, Response: creds.Response, QOP: creds.QOP,
+		NC: creds.NC, CNonce: creds.CNonce, Algorithm: creds.Algorithm,
+		SourceAddress: src.IP, SourcePort: src.Port,
+	})
+	if err != nil {
+		r.log.Warn("auth hook gave no verdict", "aor", rq.aor, "source", src.Addr(), "err", err)
+		r.count("hook_unavailable")
+		return r.unavailable(req)
+	}
+	if !verdict.OK {
+		r.authFailed(ctx, rq.aor, src, "rejected by auth hook")
+		r.count("forbidden")
+		res := r.reply(req, 403, "Forbidden")
+		if msg := headerSafe(verdict.Msg); msg != "" {
+			res.AppendHeader(sip.NewHeader("X-Reason", msg))
+		}
+		return res
+	}
+	return r.apply(ctx, req, rq, src, verdict, now)
+}
+
+// credentials checks the Authorization header up to (not including) the hook: a response
+// means the REGISTER ends here.
+func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src Source) (sipdigest.Credentials, *sip.Response) {
+	var creds sipdigest.Credentials
+	var err error
+	found := false
+	for _, h := range req.GetHeaders("Authorization") {
+		c, perr := sipdigest.Parse(h.Value())
+		if perr == nil && c.Realm == realm {
+			creds, err, found = c, nil, true
+			break
+		}
+		if !found {
+			err = perr
+		}
+	}
+	switch {
+	case errors.Is(err, sipdigest.ErrNotDigest), errors.Is(err, sipdigest.ErrAlgorithm):
+		r.count("challenged")
+		return creds, r.challenge(req, realm, false)
+	case err != nil:
+		r.count("bad_request")
+		return creds, r.reply(req, 400, "Malformed Authorization")
+	case !found:
+		// Credentials for another realm: challenge for ours.
+		r.count("challenged")
+		return creds, r.challenge(req, realm, false)
+	}
+	if creds.Username != rq.user {
+		// RFC 3261 §10.3 step 3: the authenticated user may not bind someone else's AOR.
+		r.authFailed(context.Background(), rq.aor, src, "auth username differs from the To user")
+		r.count("forbidden")
+		return creds, r.reply(req, 403, "Forbidden")
+	}
+	if creds.QOP != "auth" {
+		// We offered qop=auth; without it there is no nonce count and no replay guard.
+		r.count("challenged")
+		return creds, r.challenge(req, realm, false)
+	}
+	switch err := r.nonces.Check(creds.Nonce); {
+	case errors.Is(err, digest.ErrStale):
+		r.count("stale")
+		return creds, r.challenge(req, realm, true)
+	case err != nil:
+		r.count("challenged")
+		return creds, r.challenge(req, realm, false)
+	}
+	nc, err := digest.ParseNC(creds.NC)
+	if err != nil {
+		r.count("bad_request")
+		return creds, r.reply(req, 400, "Malformed Authorization")
+	}
+	switch err := r.store.UseNonce(context.Background(), creds.Nonce, nc, r.nonces.TTL()+time.Minute); {
+	case errors.Is(err, location.ErrReplay):
+		r.authFailed(context.Background(), rq.aor, src, "replayed nonce count")
+		r.count("replay")
+		return creds, r.challenge(req, realm, false)
+	case err != nil:
+		r.log.Warn("store unavailable", "err", err)
+		r.count("store_unavailable")
+		return creds, r.unavailable(req)
+	}
+	return creds, nil
+}
+
+// challenge is a 401 offering SHA-256 first, then MD5 (RFC 8760 §2.4: in order of preference).
+func (r *Registrar) challenge(req *sip.Request, realm string, stale bool) *sip.Response {
+	res := r.reply(req, 401, "Unauthorized")
+	nonce := r.nonces.Make()
+	res.AppendHeader(sip.NewHeader("WWW-Authenticate", digest.Challenge(realm, nonce, sipdigest.SHA256, stale)))
+	res.AppendHeader(sip.NewHeader("WWW-Authenticate", digest.Challenge(realm, nonce, sipdigest.MD5, stale)))
+	return res
+}
+
+// authFailed writes the fail2ban line (never the digest) and tells the guard.
+func (r *Registrar) authFailed(ctx context.Context, aor string, src Source, reason string) {
+	r.log.Warn("SIP_AUTH_FAILED", "source", src.Addr(), "ip", src.IP, "aor", aor, "reason", reason)
+	r.guard.failed(ctx, src, r.now())
+}
+
+// parse checks the REGISTER's headers; a non-nil response is the answer to a bad one.
+func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
+	var rq request
+	to, from, callID, cseq := req.To(), req.From(), req.CallID(), req.CSeq()
+	if to == nil || from == nil || callID == nil || cseq == nil || string(*callID) == "" {
+		return rq, r.reply(req, 400, "Missing Mandatory Header")
+	}
+	if cseq.MethodName != sip.REGISTER {
+		return rq, r.reply(req, 400, "CSeq Method Mismatch")
+	}
+	scheme := strings.ToLower(to.Address.Scheme)
+	if (scheme != "sip" && scheme != "sips") || to.Address.User == "" || to.Address.Host == "" {
+		return rq, r.reply(req, 400, "Bad To URI")
+	}
+	if len(to.Address.User) > 64 || strings.ContainsAny(to.Address.User, ":@\"\\ \t") {
+		return rq, r.reply(req, 400, "Bad To URI")
+	}
+	rq.user = to.Address.User
+	rq.host = strings.ToLower(to.Address.Host)
+	rq.aor = rq.user + "@" + rq.host
+	rq.callID = string(*callID)
+	rq.cseq = cseq.SeqNo
+	rq.displayName = from.DisplayName
+	if ua := req.GetHeader("User-Agent"); ua != nil {
+		rq.userAgent = ua.Value()
+		if len(rq.userAgent) > 256 {
+			rq.userAgent = rq.userAgent[:256]
+		}
+	}
+
+	headerExpires := -1
+	if h := req.GetHeader("Expires"); h != nil {
+		v, ok := parseExpires(h.Value())
+		if !ok {
+			return rq, r.reply(req, 400, "Bad Expires")
+		}
+		headerExpires = v
+	}
+	hs := req.GetHeaders("Contact")
+	if len(hs) > 64 {
+		return rq, r.reply(req, 400, "Too Many Contact Headers")
+	}
+	for _, h := range hs {
+		ch, ok := h.(*sip.ContactHeader)
+		if !ok {
+			return rq, r.reply(req, 400, "Bad Contact")
+		}
+		if ch.Address.Wildcard {
+			rq.wildcard = true
+			continue
+		}
+		cs := strings.ToLower(ch.Address.Scheme)
+		if (cs != "sip" && cs != "sips") || ch.Address.Host == "" {
+			return rq, r.reply(req, 400, "Bad Contact")
+		}
+		c := contact{uri: uriString(&ch.Address), host: ch.Address.Host, port: ch.Address.Port}
+		if len(c.uri) > 512 {
+			return rq, r.reply(req, 400, "Bad Contact")
+		}
+		switch v, has := ch.Params.Get("expires"); {
+		case has:
+			e, ok := parseExpires(v)
+			if !ok {
+				return rq, r.reply(req, 400, "Bad Contact Expires")
+			}
+			c.expires = e
+		case headerExpires >= 0:
+			c.expires = headerExpires
+		default:
+			c.expires = r.cfg.DefaultExpires
+		}
+		if v, has := ch.Params.Get("+sip.instance"); has {
+			c.instance = strings.Trim(v, `"`)
+			if len(c.instance) > 128 {
+				return rq, r.reply(req, 400, "Bad Contact")
+			}
+		}
+		c.q, _ = ch.Params.Get("q")
+		rq.contacts = append(rq.contacts, c)
+	}
+	// RFC 3261 §10.3 step 6: "*" only alone and only with Expires: 0.
+	if rq.wildcard && (len(rq.contacts) > 0 || headerExpires != 0) {
+		return rq, r.reply(req, 400, "Invalid Wildcard Contact")
+	}
+	rq.expires = r.cfg.DefaultExpires
+	if headerExpires >= 0 {
+		rq.expires = headerExpires
+	}
+	for _, c := range rq.contacts {
+		if c.expires > 0 && c.expires < r.cfg.MinExpires {
+			res := r.reply(req, 423, "Interval Too Brief")
+			res.AppendHeader(sip.NewHeader("Min-Expires", strconv.Itoa(r.cfg.MinExpires)))
+			return rq, res
+		}
+	}
+	if len(rq.contacts) > 0 {
+		rq.expires = rq.contacts[0].expires
+	}
+	return rq, nil
+}
+
+// parseExpires reads delta-seconds; values above 2^32-1 are clamped (RFC 3261 §20.19).
+func parseExpires(s string) (int, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > 20 {
+		return 0, false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || v > maxExpiresValue {
+		return maxExpiresValue, true
+	}
+	return int(v), true
+}
+
+func uriString(u *sip.Uri) string {
+	var b strings.Builder
+	u.StringWrite(&b)
+	return b.String()
+}
+
+// headerSafe makes a hook message fit a header: printable ASCII, short.
+func headerSafe(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	return strings.TrimSpace(s)
+}
+
+// behindNAT: UDP, or a Via sent-by or Contact that disagrees with the observed source.
+func behindNAT(req *sip.Request, c contact, src Source) bool {
+	if src.Transport == "udp" {
+		return true
+	}
+	if v := req.Via(); v != nil && !sameHostPort(v.Host, v.Port, src) {
+		return true
+	}
+	return !sameHostPort(c.host, c.port, src)
+}
+
+func sameHostPort(host string, port int, src Source) bool {
+	if port == 0 {
+		port = 5060
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.Equal(net.ParseIP(src.IP)) && port == src.Port
+}

@@ -1,0 +1,204 @@
+// Package registrar turns SIP requests into responses: REGISTER per RFC 3261 §10.3 with
+// digest authentication decided by an HTTP hook, OPTIONS, and 405 for the rest. Handle is a
+// plain function of the request and its observed source; the sipgo shell in main only moves
+// messages.
+package registrar
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/authhook"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/digest"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
+)
+
+// Config holds the registrar's rules.
+type Config struct {
+	Realm          string // digest realm; empty: the To host of each REGISTER
+	DefaultExpires int    // seconds, when the phone names none (3600)
+	MinExpires     int    // below this (and above 0): 423 (60)
+	MaxExpires     int    // granted expiry is clamped to this (7200)
+	NATExpires     int    // what a NATed phone is told, so it refreshes its pinhole (30)
+	MaxContacts    int    // bindings per AOR (10)
+	RetryAfter     int    // seconds in Retry-After of a 503 (5)
+	ServerName     string // Server header
+}
+
+// Source is where a request came from, as observed on the socket.
+type Source struct {
+	IP        string
+	Port      int
+	Transport string // udp, tcp, tls, ws, wss
+}
+
+// Addr is ip:port.
+func (s Source) Addr() string {
+	if strings.Contains(s.IP, ":") {
+		return "[" + s.IP + "]:" + strconv.Itoa(s.Port)
+	}
+	return s.IP + ":" + strconv.Itoa(s.Port)
+}
+
+// Hook decides a digest (authhook.Client).
+type Hook interface {
+	Check(ctx context.Context, r authhook.Request) (authhook.Verdict, error)
+}
+
+// Events hears about registration changes. It must not block: the presence publisher and the
+// webhooks queue and return.
+type Events interface {
+	Registered(b location.Binding)
+	Unregistered(b location.Binding)
+	Expired(bs []location.Binding)
+}
+
+// Metrics counts outcomes; every method must be safe to call on a nil receiver's behalf
+// (the registrar checks for nil).
+type Metrics interface {
+	Register(result string)
+	Dropped(reason string)
+}
+
+// Registrar answers SIP requests.
+type Registrar struct {
+	cfg     Config
+	store   location.Store
+	nonces  *digest.Nonces
+	hook    Hook
+	events  Events
+	metrics Metrics
+	guard   *Guard
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+// Options wire a Registrar.
+type Options struct {
+	Config  Config
+	Store   location.Store
+	Nonces  *digest.Nonces
+	Hook    Hook
+	Events  Events  // nil: none
+	Metrics Metrics // nil: none
+	Guard   *Guard  // nil: no rate limits or bans
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// New returns a Registrar with defaults filled in.
+func New(o Options) *Registrar {
+	c := o.Config
+	if c.DefaultExpires <= 0 {
+		c.DefaultExpires = 3600
+	}
+	if c.MinExpires <= 0 {
+		c.MinExpires = 60
+	}
+	if c.MaxExpires <= 0 {
+		c.MaxExpires = 7200
+	}
+	if c.NATExpires <= 0 {
+		c.NATExpires = 30
+	}
+	if c.MaxContacts <= 0 {
+		c.MaxContacts = 10
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = 5
+	}
+	if c.ServerName == "" {
+		c.ServerName = "softphone-gateway sipsidecar"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Registrar{cfg: c, store: o.Store, nonces: o.Nonces, hook: o.Hook, events: o.Events,
+		metrics: o.Metrics, guard: o.Guard, log: o.Logger, now: o.Now}
+}
+
+// allowed is the Allow header of every answer.
+const allowed = "REGISTER, OPTIONS"
+
+// Handle answers req. A nil response means: send nothing (ACK, a scanner, a flood).
+func (r *Registrar) Handle(ctx context.Context, req *sip.Request, src Source) *sip.Response {
+	if req.IsAck() {
+		return nil
+	}
+	if reason := r.guard.admit(ctx, req, src, r.now()); reason != "" {
+		r.drop(reason)
+		return nil
+	}
+	switch req.Method {
+	case sip.REGISTER:
+		return r.register(ctx, req, src)
+	case sip.OPTIONS:
+		r.count("options")
+		res := r.reply(req, 200, "OK")
+		res.AppendHeader(sip.NewHeader("Accept", "application/sdp"))
+		return res
+	}
+	r.count("not_allowed")
+	return r.reply(req, 405, "Method Not Allowed")
+}
+
+func (r *Registrar) drop(reason string) {
+	if r.metrics != nil {
+		r.metrics.Dropped(reason)
+	}
+}
+
+func (r *Registrar) count(result string) {
+	if r.metrics != nil {
+		r.metrics.Register(result)
+	}
+}
+
+// reply builds a response carrying Allow and Server.
+func (r *Registrar) reply(req *sip.Request, code int, reason string) *sip.Response {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res.AppendHeader(sip.NewHeader("Allow", allowed))
+	res.AppendHeader(sip.NewHeader("Server", r.cfg.ServerName))
+	return res
+}
+
+// unavailable is a 503 with Retry-After: the phone tries again later, nothing was stored.
+func (r *Registrar) unavailable(req *sip.Request) *sip.Response {
+	res := r.reply(req, 503, "Service Unavailable")
+	res.AppendHeader(sip.NewHeader("Retry-After", strconv.Itoa(r.cfg.RetryAfter)))
+	return res
+}
+
+// RunExpiry removes expired bindings every interval until ctx ends and reports them.
+func (r *Registrar) RunExpiry(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for range 100 { // bounded: at most 100 batches per tick
+				gone, err := r.store.Expire(ctx, r.now(), 500)
+				if err != nil {
+					r.log.Warn("expiring bindings", "err", err)
+					break
+				}
+				if len(gone) > 0 && r.events != nil {
+					r.events.Expired(gone)
+				}
+				if len(gone) < 500 {
+					break
+				}
+			}
+		}
+	}
+}
