@@ -93,7 +93,8 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 
 	reg := registrar.New(registrar.Options{
 		Config: registrar.Config{Realm: cfg.Realm, DefaultExpires: cfg.ExpiresDefault, MinExpires: cfg.ExpiresMin,
-			MaxExpires: cfg.ExpiresMax, NATExpires: cfg.NATExpires, MaxContacts: cfg.MaxContacts},
+			MaxExpires: cfg.ExpiresMax, NATExpires: cfg.NATExpires, MaxContacts: cfg.MaxContacts,
+			Algorithms: cfg.Algorithms},
 		Store:   store,
 		Nonces:  digest.NewNonces(secret, cfg.NonceTTL, now),
 		Hook:    meteredHook{hook, m},

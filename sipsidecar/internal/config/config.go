@@ -40,6 +40,7 @@ type Config struct {
 	ExpiresMax      int
 	NATExpires      int
 	MaxContacts     int
+	Algorithms      []string
 	RateLimit       float64
 	RateBurst       int
 	BanFailures     int
@@ -91,6 +92,25 @@ func settings() []setting {
 		{"EXPIRES_MAX", "7200", "longest expiry granted (s)", func(c *Config, v string) (err error) { c.ExpiresMax, err = integer(v, 1, 1<<31-1); return }},
 		{"NAT_EXPIRES", "30", "expiry told to a phone behind NAT (s)", func(c *Config, v string) (err error) { c.NATExpires, err = integer(v, 1, 3600); return }},
 		{"MAX_CONTACTS", "10", "bindings per AOR", func(c *Config, v string) (err error) { c.MaxContacts, err = integer(v, 1, 1000); return }},
+		{"DIGEST_ALGORITHMS", "SHA-256,MD5", "digest algorithms offered, most preferred first (MD5,SHA-256 for phones that read only the first challenge)", func(c *Config, v string) error {
+			c.Algorithms = nil
+			seen := map[string]bool{}
+			for _, a := range splitList(v) {
+				a = strings.ToUpper(a)
+				if a != "MD5" && a != "SHA-256" {
+					return fmt.Errorf("%q: want MD5 or SHA-256", a)
+				}
+				if seen[a] {
+					return fmt.Errorf("%s listed twice", a)
+				}
+				seen[a] = true
+				c.Algorithms = append(c.Algorithms, a)
+			}
+			if len(c.Algorithms) == 0 {
+				return errors.New("want at least one algorithm")
+			}
+			return nil
+		}},
 		{"RATE_LIMIT", "20", "requests per second per source address before any callback", func(c *Config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 1e6 {

@@ -50,6 +50,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"WEBHOOK_URLS":          "http://ok/a,bad",
 		"WEBHOOK_HEADERS":       "no-colon",
 		"LOG_LEVEL":             "loud",
+		"DIGEST_ALGORITHMS":     "MD5,SHA-512",
 	}
 	for name, val := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -130,6 +130,10 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 		r.count("challenged")
 		return creds, r.challenge(req, realm, false)
 	}
+	if !offered(r.cfg.Algorithms, creds.Algorithm) {
+		r.count("challenged")
+		return creds, r.challenge(req, realm, false)
+	}
 	if creds.Username != rq.user {
 		// RFC 3261 §10.3 step 3: the authenticated user may not bind someone else's AOR.
 		r.authFailed(context.Background(), rq.aor, src, "auth username differs from the To user")
@@ -167,12 +171,14 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 	return creds, nil
 }
 
-// challenge is a 401 offering SHA-256 first, then MD5 (RFC 8760 §2.4: in order of preference).
+// challenge is a 401 with one WWW-Authenticate per offered algorithm, in order of
+// preference (RFC 8760 §2.4), all on one nonce.
 func (r *Registrar) challenge(req *sip.Request, realm string, stale bool) *sip.Response {
 	res := r.reply(req, 401, "Unauthorized")
 	nonce := r.nonces.Make()
-	res.AppendHeader(sip.NewHeader("WWW-Authenticate", digest.Challenge(realm, nonce, sipdigest.SHA256, stale)))
-	res.AppendHeader(sip.NewHeader("WWW-Authenticate", digest.Challenge(realm, nonce, sipdigest.MD5, stale)))
+	for _, alg := range r.cfg.Algorithms {
+		res.AppendHeader(sip.NewHeader("WWW-Authenticate", digest.Challenge(realm, nonce, alg, stale)))
+	}
 	return res
 }
 
@@ -338,4 +344,13 @@ func sameHostPort(host string, port int, src Source) bool {
 	}
 	ip := net.ParseIP(strings.Trim(host, "[]"))
 	return ip != nil && ip.Equal(net.ParseIP(src.IP)) && port == src.Port
+}
+
+func offered(algs []string, alg string) bool {
+	for _, a := range algs {
+		if strings.EqualFold(a, alg) {
+			return true
+		}
+	}
+	return false
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/softphone-gateway/softphone-gateway/internal/sipdigest"
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/authhook"
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/digest"
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
@@ -26,8 +27,12 @@ type Config struct {
 	MaxExpires     int    // granted expiry is clamped to this (7200)
 	NATExpires     int    // what a NATed phone is told, so it refreshes its pinhole (30)
 	MaxContacts    int    // bindings per AOR (10)
-	RetryAfter     int    // seconds in Retry-After of a 503 (5)
-	ServerName     string // Server header
+	// Digest algorithms offered, one WWW-Authenticate each, most preferred first
+	// (default SHA-256, MD5 as RFC 8760 §2.4 asks). Phones that read only the first
+	// challenge and know only MD5 (SIPp, older devices) need MD5 first.
+	Algorithms []string
+	RetryAfter int    // seconds in Retry-After of a 503 (5)
+	ServerName string // Server header
 }
 
 // Source is where a request came from, as observed on the socket.
@@ -108,6 +113,9 @@ func New(o Options) *Registrar {
 	}
 	if c.MaxContacts <= 0 {
 		c.MaxContacts = 10
+	}
+	if len(c.Algorithms) == 0 {
+		c.Algorithms = []string{sipdigest.SHA256, sipdigest.MD5}
 	}
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = 5
