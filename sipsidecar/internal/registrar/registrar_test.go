@@ -1,0 +1,259 @@
+package registrar
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/sipdigest"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/authhook"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/digest"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
+)
+
+// hookFunc is the unit tests' hook; the integration tests in package main use a real HTTP one.
+type hookFunc func(authhook.Request) (authhook.Verdict, error)
+
+func (f hookFunc) Check(_ context.Context, r authhook.Request) (authhook.Verdict, error) { return f(r) }
+
+// passwordHook accepts the digest of user 201 / "pw" (any realm).
+var passwordHook = hookFunc(func(r authhook.Request) (authhook.Verdict, error) {
+	c := sipdigest.Credentials{Username: r.Username, Realm: r.Realm, Nonce: r.Nonce, URI: r.URI, Algorithm: r.Algorithm, QOP: r.QOP, NC: r.NC, CNonce: r.CNonce}
+	if r.Username == "201" && sipdigest.Equal(sipdigest.Response(c, r.Method, sipdigest.HA1(r.Algorithm, r.Username, r.Realm, "pw")), r.Response) {
+		return authhook.Verdict{OK: true}, nil
+	}
+	return authhook.Verdict{Msg: "nope"}, nil
+})
+
+var t0 = time.Unix(1_900_000_000, 0)
+
+func newTestRegistrar(hook Hook, guard *Guard) (*Registrar, location.Store, *digest.Nonces) {
+	store := location.NewMemory()
+	nonces := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0 })
+	return New(Options{Store: store, Nonces: nonces, Hook: hook, Guard: guard,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return t0 }}), store, nonces
+}
+
+// msg parses a REGISTER written with \n line ends; {AUTH} is replaced by auth (or removed).
+func msg(t testing.TB, raw, auth string) *sip.Request {
+	t.Helper()
+	if auth == "" {
+		raw = strings.ReplaceAll(raw, "{AUTH}\n", "")
+	} else {
+		raw = strings.ReplaceAll(raw, "{AUTH}", "Authorization: "+auth)
+	}
+	raw = strings.ReplaceAll(strings.TrimLeft(raw, "\n"), "\n", "\r\n")
+	m, err := sip.NewParser().ParseSIP([]byte(raw))
+	if err != nil {
+		t.Fatalf("parsing test message: %v\n%s", err, raw)
+	}
+	return m.(*sip.Request)
+}
+
+const base = `
+REGISTER sip:pbx SIP/2.0
+Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bK-1
+From: <sip:201@pbx>;tag=a
+To: <sip:201@pbx>
+Call-ID: c1
+CSeq: 2 REGISTER
+{CONTACT}
+{AUTH}
+Content-Length: 0
+
+`
+
+func reg(contact string) string { return strings.Replace(base, "{CONTACT}", contact, 1) }
+
+var src = Source{IP: "127.0.0.1", Port: 5070, Transport: "tcp"}
+
+// goodAuth answers a fresh nonce for 201/pw.
+func goodAuth(n *digest.Nonces, user, realm, alg, secret string, nc int) string {
+	c := sipdigest.Credentials{Username: user, Realm: realm, Nonce: n.Make(), URI: "sip:pbx", Algorithm: alg, QOP: "auth", NC: fmt.Sprintf("%08x", nc), CNonce: "cn"}
+	c.Response = sipdigest.Response(c, "REGISTER", sipdigest.HA1(alg, user, realm, secret))
+	return fmt.Sprintf(`Digest username="%s", realm="%s", nonce="%s", uri="sip:pbx", response="%s", algorithm=%s, qop=auth, nc=%s, cnonce="cn"`,
+		user, realm, c.Nonce, c.Response, alg, c.NC)
+}
+
+func TestRegisterAnswers(t *testing.T) {
+	r, _, n := newTestRegistrar(passwordHook, nil)
+	ok := goodAuth(n, "201", "pbx", "MD5", "pw", 1)
+	cases := []struct {
+		name   string
+		raw    string
+		auth   string
+		status int
+	}{
+		{"no credentials: challenge", reg("Contact: <sip:201@127.0.0.1:5070>"), "", 401},
+		{"good credentials", reg("Contact: <sip:201@127.0.0.1:5070>"), ok, 200},
+		{"wrong secret", reg("Contact: <sip:201@127.0.0.1:5070>"), goodAuth(n, "201", "pbx", "MD5", "bad", 1), 403},
+		{"SHA-256", reg("Contact: <sip:201@127.0.0.1:5070>"), goodAuth(n, "201", "pbx", "SHA-256", "pw", 1), 200},
+		{"auth user is not the To user", reg("Contact: <sip:201@127.0.0.1:5070>"), goodAuth(n, "202", "pbx", "MD5", "pw", 1), 403},
+		{"another realm: challenge for ours", reg("Contact: <sip:201@127.0.0.1:5070>"), goodAuth(n, "201", "elsewhere", "MD5", "pw", 1), 401},
+		{"forged nonce", reg("Contact: <sip:201@127.0.0.1:5070>"), strings.Replace(ok, `nonce="`, `nonce="x`, 1), 401},
+		{"unsupported algorithm", reg("Contact: <sip:201@127.0.0.1:5070>"), strings.Replace(ok, "algorithm=MD5", "algorithm=SHA-512", 1), 401},
+		{"no qop", reg("Contact: <sip:201@127.0.0.1:5070>"), strings.Replace(strings.Replace(ok, ", qop=auth", "", 1), `, nc=00000001, cnonce="cn"`, "", 1), 401},
+		{"malformed Authorization", reg("Contact: <sip:201@127.0.0.1:5070>"), `Digest username="201", realm="pbx`, 400},
+		{"bad nc", reg("Contact: <sip:201@127.0.0.1:5070>"), strings.Replace(goodAuth(n, "201", "pbx", "MD5", "pw", 1), "nc=00000001", "nc=1", 1), 400},
+		{"Basic credentials: challenge", reg("Contact: <sip:201@127.0.0.1:5070>"), "Basic MjAxOnB3", 401},
+		{"expires below the minimum", reg("Contact: <sip:201@127.0.0.1:5070>;expires=5"), "", 423},
+		{"non-numeric expires", reg("Contact: <sip:201@127.0.0.1:5070>;expires=soon"), "", 400},
+		{"negative Expires header", reg("Contact: <sip:201@127.0.0.1:5070>\nExpires: -1"), "", 400},
+		{"huge expires is clamped, not refused", reg("Contact: <sip:201@127.0.0.1:5070>;expires=99999999999999"), goodAuth(n, "201", "pbx", "MD5", "pw", 1), 200},
+		{"* with Expires 30", reg("Contact: *\nExpires: 30"), "", 400},
+		{"* without Expires", reg("Contact: *"), "", 400},
+		{"* and another contact", reg("Contact: *\nContact: <sip:201@h>\nExpires: 0"), "", 400},
+		{"a tel: contact", reg("Contact: <tel:+15551234567>"), "", 400},
+		{"an oversized contact", reg("Contact: <sip:201@h;x=" + strings.Repeat("a", 600) + ">"), "", 400},
+		{"To with an over-long user", strings.Replace(reg("Contact: <sip:201@h>"), "To: <sip:201@pbx>", "To: <sip:"+strings.Repeat("9", 70)+"@pbx>", 1), "", 400},
+		{"To without a user", strings.Replace(reg("Contact: <sip:201@h>"), "To: <sip:201@pbx>", `To: <sip:pbx>`, 1), "", 400},
+		{"CSeq method mismatch", strings.Replace(reg("Contact: <sip:201@h>"), "CSeq: 2 REGISTER", "CSeq: 2 INVITE", 1), "", 400},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res := r.Handle(context.Background(), msg(t, c.raw, c.auth), src)
+			if res == nil || res.StatusCode != c.status {
+				t.Fatalf("got %v, want %d", res, c.status)
+			}
+		})
+	}
+}
+
+func TestReplayNeverReachesTheHook(t *testing.T) {
+	calls := 0
+	hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
+	r, store, n := newTestRegistrar(hook, nil)
+	auth := goodAuth(n, "201", "pbx", "MD5", "pw", 1)
+	if res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@127.0.0.1:5070>"), auth), src); res.StatusCode != 200 {
+		t.Fatalf("first: %d", res.StatusCode)
+	}
+	res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@203.0.113.66:5060>"), auth), src)
+	if res.StatusCode != 401 || calls != 1 {
+		t.Fatalf("replay: %d after %d hook calls", res.StatusCode, calls)
+	}
+	bs, _ := store.Lookup(context.Background(), "201@pbx", t0)
+	if len(bs) != 1 || strings.Contains(bs[0].Contact, "203.0.113.66") {
+		t.Fatalf("replay changed the bindings: %v", bs)
+	}
+}
+
+func TestStaleNonce(t *testing.T) {
+	r, _, _ := newTestRegistrar(passwordHook, nil)
+	old := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0.Add(-time.Hour) })
+	res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(old, "201", "pbx", "MD5", "pw", 1)), src)
+	if res.StatusCode != 401 || !strings.Contains(res.GetHeader("WWW-Authenticate").Value(), "stale=true") {
+		t.Fatalf("stale: %v", res)
+	}
+}
+
+func TestGuard(t *testing.T) {
+	t.Run("scanners are dropped silently", func(t *testing.T) {
+		r, _, _ := newTestRegistrar(passwordHook, &Guard{})
+		for _, ua := range []string{"friendly-scanner", "sipvicious 0.3", "SIPCLI/v1.8"} {
+			if res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>\nUser-Agent: "+ua), ""), src); res != nil {
+				t.Errorf("%s answered %d", ua, res.StatusCode)
+			}
+		}
+	})
+	t.Run("a flood from one address is cut, another address goes on", func(t *testing.T) {
+		r, _, _ := newTestRegistrar(passwordHook, &Guard{Rate: 1, Burst: 5})
+		answered := 0
+		for range 50 {
+			if r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), ""), src) != nil {
+				answered++
+			}
+		}
+		if answered != 5 {
+			t.Fatalf("answered %d of 50 at burst 5", answered)
+		}
+		other := Source{IP: "127.0.0.2", Port: 5070, Transport: "tcp"}
+		if r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), ""), other) == nil {
+			t.Fatal("an honest second address was cut off too")
+		}
+	})
+	t.Run("repeated auth failures ban the address", func(t *testing.T) {
+		calls := 0
+		hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
+		r, _, n := newTestRegistrar(hook, &Guard{MaxFailures: 3, Rate: 1000, Burst: 1000})
+		for i := range 3 {
+			res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "guess", 1)), src)
+			if res == nil || res.StatusCode != 403 {
+				t.Fatalf("guess %d: %v", i, res)
+			}
+		}
+		// Banned: even the right password gets no answer, and the hook is not called.
+		if res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "pw", 1)), src); res != nil {
+			t.Fatalf("banned source answered %d", res.StatusCode)
+		}
+		if calls != 3 {
+			t.Fatalf("hook called %d times", calls)
+		}
+	})
+}
+
+func TestHookUnavailableStoresNothing(t *testing.T) {
+	r, store, n := newTestRegistrar(hookFunc(func(authhook.Request) (authhook.Verdict, error) {
+		return authhook.Verdict{}, authhook.ErrUnavailable
+	}), nil)
+	res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "pw", 1)), src)
+	if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("%v", res)
+	}
+	if bs, _ := store.Lookup(context.Background(), "201@pbx", t0); len(bs) != 0 {
+		t.Fatal("stored without a verdict")
+	}
+}
+
+// FuzzRegister feeds whole SIP messages to the REGISTER path with a hook that accepts
+// everything: nothing may panic, and whatever is stored must be a well-formed binding.
+func FuzzRegister(f *testing.F) {
+	seeds := []string{
+		reg("Contact: <sip:201@127.0.0.1:5070>"),
+		reg("Contact: *\nExpires: 0"),
+		reg("Contact: <sip:201@h>;expires=0, <sip:201@i>;expires=3600;+sip.instance=\"<urn:uuid:1>\""),
+		reg("Contact: \"A\" <sip:201@[::1]:5070;transport=ws>;q=0.5\nExpires: 99999999999"),
+		"OPTIONS sip:pbx SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK-2\nFrom: <sip:a@h>;tag=1\nTo: <sip:b@h>\nCall-ID: x\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n",
+	}
+	for _, s := range seeds {
+		f.Add(strings.ReplaceAll(strings.ReplaceAll(strings.TrimLeft(s, "\n"), "{AUTH}\n", ""), "\n", "\r\n"))
+	}
+	accept := hookFunc(func(authhook.Request) (authhook.Verdict, error) { return authhook.Verdict{OK: true}, nil })
+	f.Fuzz(func(t *testing.T, raw string) {
+		m, err := sip.NewParser().ParseSIP([]byte(raw))
+		if err != nil {
+			return
+		}
+		req, ok := m.(*sip.Request)
+		if !ok {
+			return
+		}
+		r, store, n := newTestRegistrar(accept, nil)
+		// Add valid credentials for the To user, so the fuzzer reaches the binding code.
+		if to := req.To(); to != nil && to.Address.User != "" && to.Address.Host != "" {
+			req.AppendHeader(sip.NewHeader("Authorization", goodAuth(n, to.Address.User, strings.ToLower(to.Address.Host), "MD5", "pw", 1)))
+		}
+		r.Handle(context.Background(), req, src)
+		aors, _ := store.AORs(context.Background(), t0)
+		for _, aor := range aors {
+			bs, _ := store.Lookup(context.Background(), aor, t0)
+			for _, b := range bs {
+				var u sip.Uri
+				if err := sip.ParseUri(b.Contact, &u); err != nil || b.Contact == "" {
+					t.Fatalf("stored an unparsable contact %q", b.Contact)
+				}
+				if d := b.ExpiresAt.Sub(t0); d <= 0 || d > 7200*time.Second {
+					t.Fatalf("stored expiry %s outside (0, max]", d)
+				}
+				if len(bs) > 10 {
+					t.Fatalf("stored %d bindings, cap 10", len(bs))
+				}
+			}
+		}
+	})
+}
