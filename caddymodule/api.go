@@ -73,6 +73,7 @@ func (a *API) Provision(ctx caddy.Context) error {
 		"check-media-access": {"GET", (*API).checkMediaAccess},
 		"sip/auth":           {"POST", (*API).sipAuth},
 		"admin/logout-all":   {"POST", (*API).logoutAll},
+		"users":              {"GET", (*API).users},
 	}
 	return nil
 }
@@ -90,6 +91,17 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	rest, ok := strings.CutPrefix(r.URL.Path, a.Prefix+"/")
 	if !ok {
 		return next.ServeHTTP(w, r)
+	}
+	if ch, ok := strings.CutPrefix(rest, "pub/"); ok {
+		return a.publish(w, r, ch)
+	}
+	if ch, ok := strings.CutPrefix(rest, "sub/"); ok {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, msgMethodNotAllowed, a.app.now())
+			return nil
+		}
+		return a.subscribe(w, r, ch)
 	}
 	rt, ok := a.routes[rest]
 	if !ok {

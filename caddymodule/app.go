@@ -53,10 +53,13 @@ type App struct {
 	LoginThrottle *ThrottleConfig `json:"login_throttle,omitempty"`
 	// The SIP digest callback. Default: loopback callers only, unsigned.
 	SIPAuth *SIPAuthConfig `json:"sip_auth,omitempty"`
+	// Pub/sub channels (users-state …). Default: the embedded broker.
+	PubSub *PubSubConfig `json:"pubsub,omitempty"`
 
 	issuer   *token.Issuer
 	users    users.Chain
 	store    store.Store
+	pubsub   *pubsub
 	storeKey string // the store's place in storePool
 	seclog   *seclog.Log
 	logger   *zap.Logger
@@ -135,6 +138,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.SIPAuth == nil {
 		a.SIPAuth = &SIPAuthConfig{}
 	}
+	if a.PubSub == nil {
+		a.PubSub = &PubSubConfig{}
+	}
+	a.PubSub.defaults()
 	if a.SecurityLog == nil {
 		a.SecurityLog = &SecurityLogConfig{}
 	}
@@ -180,6 +187,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.store, a.storeKey, err = a.Store.open(a.DataDir)
 	if err != nil {
 		return fmt.Errorf("opening state store: %w", err)
+	}
+
+	if err := a.PubSub.validate(); err != nil {
+		return err
+	}
+	a.pubsub, err = a.PubSub.open(a.logger)
+	if err != nil {
+		return err
 	}
 
 	if !a.SecurityLog.Disabled {
@@ -228,6 +243,10 @@ func (a *App) Cleanup() error {
 	var errs []error
 	if a.storeKey != "" {
 		_, err := storePool.Delete(a.storeKey)
+		errs = append(errs, err)
+	}
+	if a.pubsub != nil {
+		_, err := pubsubPool.Delete(a.PubSub.poolKey())
 		errs = append(errs, err)
 	}
 	if a.seclog != nil {

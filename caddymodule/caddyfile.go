@@ -71,6 +71,14 @@ func init() {
 //			call_hook        <url>
 //			call_status_hook <url>
 //		}
+//		pubsub {
+//			nchan_url          [<url>]
+//			channels           <name>...
+//			buffer_length      <n>
+//			subscriber_timeout <duration>
+//			message_timeout    <duration>
+//			max_message_size   <size>
+//		}
 //	}
 //
 // `users` may repeat; the backends are asked in the order written. Any other subdirective,
@@ -122,6 +130,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			app.LoginThrottle, err = parseThrottle(d)
 		case "sip_auth":
 			app.SIPAuth, err = parseSIPAuth(d)
+		case "pubsub":
+			app.PubSub, err = parsePubSub(d)
 		default:
 			return nil, d.Errf("softphone: unknown subdirective %q", name)
 		}
@@ -453,6 +463,65 @@ func parseSIPAuth(d *caddyfile.Dispenser) (*SIPAuthConfig, error) {
 			cfg.CallStatusHook, err = oneArg(d)
 		default:
 			return nil, d.Errf("sip_auth: unknown subdirective %q", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
+
+func parsePubSub(d *caddyfile.Dispenser) (*PubSubConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	cfg := new(PubSubConfig)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return nil, d.Errf("pubsub: %s is given twice", name)
+		}
+		seen[name] = true
+		var err error
+		switch name {
+		case "nchan_url":
+			// An empty argument (an unset environment variable) means the embedded broker.
+			if d.NextArg() {
+				cfg.NchanURL = d.Val()
+				if !strings.HasPrefix(cfg.NchanURL, "http://") && !strings.HasPrefix(cfg.NchanURL, "https://") {
+					return nil, d.Errf("pubsub nchan_url: want an http:// or https:// URL, got %q", cfg.NchanURL)
+				}
+				if d.NextArg() {
+					return nil, d.ArgErr()
+				}
+			}
+		case "channels":
+			cfg.Channels = d.RemainingArgs()
+			if len(cfg.Channels) == 0 {
+				return nil, d.Err("pubsub channels: name at least one channel")
+			}
+		case "buffer_length":
+			cfg.BufferLength, err = intArg(d)
+			if err == nil && (cfg.BufferLength < 1 || cfg.BufferLength > 1000) {
+				err = d.Err("pubsub buffer_length: want 1 to 1000")
+			}
+		case "subscriber_timeout":
+			cfg.SubscriberTimeout, err = durationArg(d)
+		case "message_timeout":
+			cfg.MessageTimeout, err = durationArg(d)
+		case "max_message_size":
+			var v string
+			v, err = oneArg(d)
+			if err == nil {
+				n, perr := humanize.ParseBytes(v)
+				if perr != nil || n == 0 || n > 64<<20 {
+					return nil, d.Errf("pubsub max_message_size: %q is not a size up to 64MiB", v)
+				}
+				cfg.MaxMessageSize = int64(n)
+			}
+		default:
+			return nil, d.Errf("pubsub: unknown subdirective %q", name)
 		}
 		if err != nil {
 			return nil, err

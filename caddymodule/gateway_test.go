@@ -46,6 +46,12 @@ const testUsers = `[
 // blocks are filled with the given snippets; "{PORT}" in site becomes the gateway's port.
 func startGateway(t *testing.T, global, site string) *testGateway {
 	t.Helper()
+	return startGatewayOn(t, "127.0.0.1", global, site)
+}
+
+// startGatewayOn is startGateway listening on host ("" = every interface).
+func startGatewayOn(t *testing.T, host, global, site string) *testGateway {
+	t.Helper()
 	gatewayMu.Lock()
 	t.Cleanup(gatewayMu.Unlock)
 
@@ -68,10 +74,10 @@ func startGateway(t *testing.T, global, site string) *testGateway {
 		%s
 	}
 }
-http://127.0.0.1:%d {
+http://%s:%d {
 	%s
 }
-`, filepath.Join(dir, "caddy"), g.DataDir, usersFile, global, g.Port, strings.ReplaceAll(site, "{PORT}", strconv.Itoa(g.Port)))
+`, filepath.Join(dir, "caddy"), g.DataDir, usersFile, global, host, g.Port, strings.ReplaceAll(site, "{PORT}", strconv.Itoa(g.Port)))
 	g.load(cfg)
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {

@@ -28,6 +28,7 @@ const (
 	msgTooLarge            = "Request body too large"
 	msgForbidden           = "Forbidden"
 	msgBadRequest          = "Bad request"
+	msgUnknownChannel      = "Unknown channel"
 )
 
 // writeJSON sends v with status. Every API answer is uncacheable: most carry tokens or

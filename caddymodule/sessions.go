@@ -3,6 +3,9 @@ package caddymodule
 import (
 	"context"
 	"sync"
+	"time"
+
+	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/store"
 )
 
 // liveSessions tracks the streaming subscribers of each login session so that a logout cuts
@@ -12,8 +15,11 @@ type liveSessions struct {
 	subs map[string]map[*liveSub]struct{}
 }
 
+// liveSub is one connected subscriber: whose it is and which store vouched for it.
 type liveSub struct {
 	user   string
+	iat    time.Time
+	st     store.Store
 	cancel context.CancelCauseFunc
 }
 
@@ -27,10 +33,8 @@ func newLiveSessions() *liveSessions {
 	return &liveSessions{subs: map[string]map[*liveSub]struct{}{}}
 }
 
-// add registers a subscriber of session sid (user sub) and returns the function that
-// removes it.
-func (l *liveSessions) add(sid, sub string, cancel context.CancelCauseFunc) (remove func()) {
-	s := &liveSub{user: sub, cancel: cancel}
+// add registers a subscriber of session sid and returns the function that removes it.
+func (l *liveSessions) add(sid string, s *liveSub) (remove func()) {
 	l.mu.Lock()
 	m := l.subs[sid]
 	if m == nil {
@@ -83,13 +87,16 @@ func (l *liveSessions) cutUser(sub string) {
 	}
 }
 
-// sessionIDs lists the sessions that have live subscribers (for the revocation sweep).
-func (l *liveSessions) sessionIDs() []string {
+// sample returns one subscriber of each session (for the revocation sweep).
+func (l *liveSessions) sample() map[string]*liveSub {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]string, 0, len(l.subs))
-	for sid := range l.subs {
-		out = append(out, sid)
+	out := make(map[string]*liveSub, len(l.subs))
+	for sid, m := range l.subs {
+		for s := range m {
+			out[sid] = s
+			break
+		}
 	}
 	return out
 }
@@ -103,4 +110,27 @@ func (l *liveSessions) count() int {
 		n += len(m)
 	}
 	return n
+}
+
+// sweepRevoked cuts streams whose session was revoked elsewhere (another gateway sharing
+// the store, a logout-everywhere, reuse of a rotated refresh token) every interval; a logout
+// on this gateway cuts its own streams at once without waiting for this.
+func sweepRevoked(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for sid, s := range live.sample() {
+				cctx, cancel := context.WithTimeout(ctx, time.Second)
+				revoked, err := s.st.Revoked(cctx, sid, s.user, s.iat)
+				cancel()
+				if err == nil && revoked {
+					live.cut(sid)
+				}
+			}
+		}
+	}
 }

@@ -1,0 +1,204 @@
+package caddymodule
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/testenv"
+)
+
+// pubsubSuite checks the gateway's pub/sub endpoints; it runs on the embedded broker and in
+// front of a real Nchan, and must pass the same on both.
+func pubsubSuite(t *testing.T, g *testGateway, linked bool) {
+	access, refresh := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+	settle := func() {
+		if linked {
+			time.Sleep(200 * time.Millisecond) // the upstream follower's hop
+		}
+	}
+	pub := func(body string) reply {
+		return g.do("POST", g.API+"/pub/users-state", body)
+	}
+
+	t.Run("subscriber without or with a bad token is refused", func(t *testing.T) {
+		wantError(t, g.do("GET", g.API+"/sub/users-state", ""), 401, "Unauthorized")
+		wantError(t, g.do("GET", g.API+"/sub/users-state?authorization=garbage", ""), 401, "Unauthorized")
+		wantError(t, g.do("GET", g.API+"/sub/users-state?token="+refresh, ""), 403, "Invalid token type")
+		wantError(t, g.do("GET", g.API+"/sub/secret-channel?token="+access, ""), 404, "Unknown channel")
+		wantError(t, g.do("GET", g.API+"/sub/Users_State?token="+access, ""), 404, "Unknown channel")
+		wantError(t, g.do("POST", g.API+"/sub/users-state?token="+access, ""), 405, "Method not allowed")
+		wantError(t, g.do("POST", g.API+"/pub/not-allowed", "{}"), 404, "Unknown channel")
+	})
+
+	t.Run("long-poll: snapshot, cursor, next message", func(t *testing.T) {
+		r := pub(`{"states":{"201":{"state":"Unavailable","name":"Alice"}}}`)
+		if r.Status != 201 && r.Status != 202 {
+			t.Fatalf("publish: %d %s", r.Status, r.Raw)
+		}
+		settle()
+		first := g.do("GET", g.API+"/sub/users-state?authorization="+access, "")
+		if first.Status != 200 || !strings.Contains(first.Raw, "Unavailable") || first.Header.Get("Etag") == "" {
+			t.Fatalf("first: %d %s %v", first.Status, first.Raw, first.Header)
+		}
+		done := make(chan reply, 1)
+		go func() {
+			done <- g.do("GET", g.API+"/sub/users-state", "", bearer(access),
+				"If-Modified-Since: "+first.Header.Get("Last-Modified"), "If-None-Match: "+first.Header.Get("Etag"))
+		}()
+		time.Sleep(300 * time.Millisecond)
+		pub(`{"states":{"201":{"state":"Idle","name":"Alice"}}}`)
+		select {
+		case r := <-done:
+			if r.Status != 200 || !strings.Contains(r.Raw, "Idle") {
+				t.Fatalf("next: %d %s", r.Status, r.Raw)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the waiting subscriber got nothing")
+		}
+		settle()
+		u := g.do("GET", g.API+"/users", "", bearer(access))
+		if u.Status != 200 || !strings.Contains(u.Raw, `"statuses":[{"states":{"201":{"state":"Idle"`) || !strings.Contains(u.Raw, `"username":"201"`) {
+			t.Fatalf("users: %d %s", u.Status, u.Raw)
+		}
+	})
+
+	t.Run("EventSource is cut off at logout", func(t *testing.T) {
+		a2, _ := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+		rd, body := openStream(t, g.API+"/sub/users-state?access_token="+a2)
+		defer body.Close()
+		if l := readUntilBlank(t, rd); l != ": hi\n" {
+			t.Fatalf("stream start %q", l)
+		}
+		if ev := readUntilBlank(t, rd); !strings.HasPrefix(ev, "id: ") || !strings.Contains(ev, "data: ") {
+			t.Fatalf("snapshot event %q", ev)
+		}
+		pub(`{"states":{"202":{"state":"Idle","name":"Bob"}}}`)
+		if ev := readUntilBlank(t, rd); !strings.Contains(ev, `"202"`) {
+			t.Fatalf("live event %q", ev)
+		}
+		if r := g.do("POST", g.API+"/auth/logout", "", bearer(a2)); r.Status != 200 {
+			t.Fatal(r.Raw)
+		}
+		ended := make(chan error, 1)
+		go func() { _, err := io.ReadAll(rd); ended <- err }()
+		select {
+		case <-ended:
+		case <-time.After(2 * time.Second):
+			t.Fatal("the stream stayed open after logout")
+		}
+	})
+}
+
+func openStream(t *testing.T, url string) (*bufio.Reader, io.ReadCloser) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("stream: %d", resp.StatusCode)
+	}
+	return bufio.NewReader(resp.Body), resp.Body
+}
+
+func readUntilBlank(t *testing.T, rd *bufio.Reader) string {
+	t.Helper()
+	var b strings.Builder
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading stream: %v (so far %q)", err, b.String())
+		}
+		if line == "\n" {
+			return b.String()
+		}
+		b.WriteString(line)
+	}
+}
+
+func TestPubSubEmbedded(t *testing.T) {
+	g := startGateway(t, "", "softphone_api")
+	pubsubSuite(t, g, false)
+}
+
+func TestPubSubThroughNchan(t *testing.T) {
+	nc := testenv.StartNchan(t, "")
+	g := startGateway(t, "pubsub {\n nchan_url "+nc.URL+"\n}", "softphone_api")
+	pubsubSuite(t, g, true)
+}
+
+// A stream ends when its token expires, even without a logout.
+func TestStreamEndsWhenTokenExpires(t *testing.T) {
+	g := startGateway(t, "access_ttl 2s\nleeway 1s", "softphone_api")
+	access, _ := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+	rd, body := openStream(t, g.API+"/sub/users-state?token="+access)
+	defer body.Close()
+	readUntilBlank(t, rd)
+	start := time.Now()
+	io.ReadAll(rd)
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("stream lived %s past a 2s token", d)
+	}
+}
+
+// Issue 4: publishing is for loopback peers only. The gateway listens on every interface
+// and is reached through this machine's non-loopback address.
+func TestPublisherFromAnotherAddressIsRefused(t *testing.T) {
+	ip := nonLoopbackIP(t)
+	g := startGatewayOn(t, "", "", "softphone_api")
+	remote := "http://" + net.JoinHostPort(ip, strconv.Itoa(g.Port)) + DefaultPrefix
+	r := g.do("POST", remote+"/pub/users-state", `{"states":{}}`, "X-Forwarded-For: 127.0.0.1")
+	wantError(t, r, 403, "Forbidden")
+	wantError(t, g.do("POST", remote+"/sip/auth", `{}`), 403, "Forbidden")
+	wantError(t, g.do("POST", remote+"/admin/logout-all", `{"username":"201"}`), 403, "Forbidden")
+	if r := g.do("POST", g.API+"/pub/users-state", `{"states":{}}`); r.Status != 202 && r.Status != 201 {
+		t.Fatalf("loopback publish: %d", r.Status)
+	}
+}
+
+func nonLoopbackIP(t *testing.T) string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+	}
+	t.Skip("this machine has no non-loopback IPv4 address; TestLoopbackPeer covers the check")
+	return ""
+}
+
+// A token in the query never reaches a log line.
+func TestQueryTokenNotLogged(t *testing.T) {
+	p := startExampleProc(t, t.TempDir())
+	g := p.client()
+	access, _ := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+	g.do("POST", g.API+"/pub/users-state", `{"states":{}}`)
+	g.do("GET", g.API+"/sub/users-state?authorization="+access, "")
+	g.do("GET", g.API+"/sub/users-state?token=forged."+access[10:], "")
+	g.do("GET", g.Base+"/pbxcore/softphone/recordings/demo.wav?access_token="+access, "")
+	time.Sleep(200 * time.Millisecond)
+	logs := p.log()
+	if !strings.Contains(logs, "/sub/users-state") {
+		t.Fatalf("the subscribe requests were not logged at all:\n%s", logs)
+	}
+	if strings.Contains(logs, access[20:60]) {
+		t.Fatal("a token reached the log")
+	}
+	sec, _ := os.ReadFile(filepath.Join(p.env[2][len("SOFTPHONE_DATA_DIR="):], "security.log"))
+	if !strings.Contains(string(sec), "[NCHAN_SUB_ACCESS_DENIED]") || strings.Contains(string(sec), access[20:60]) {
+		t.Fatalf("security.log: %s", sec)
+	}
+}
