@@ -106,13 +106,18 @@ type sidecar struct {
 
 const testRealm = "pbx.test"
 
-// startSidecar runs the sidecar on free loopback ports; mod may change the config.
+// startSidecar runs the sidecar on free loopback ports; mod may change the config. hook may
+// be nil when mod sets the hook URL.
 func startSidecar(t *testing.T, hook *testHook, mod func(*config.Config)) *sidecar {
 	t.Helper()
+	hookURL := "http://127.0.0.1:1/unused"
+	if hook != nil {
+		hookURL = hook.srv.URL
+	}
 	cfg, err := config.Load(func(string) string { return "" }, []string{
 		"-listen", "udp:127.0.0.1:0,tcp:127.0.0.1:0,ws:127.0.0.1:0",
 		"-http-addr", "127.0.0.1:0",
-		"-auth-hook-url", hook.srv.URL,
+		"-auth-hook-url", hookURL,
 		"-auth-hook-timeout", "300ms",
 		"-nonce-secret", "test-nonce-secret-0123456789",
 	})
