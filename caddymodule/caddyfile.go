@@ -65,7 +65,7 @@ func init() {
 //		}
 //		sip_auth {
 //			secret           <shared secret>
-//			allow_remote
+//			allow_remote     [true|false]
 //			max_skew         <duration>
 //			max_expires      <seconds>
 //			call_hook        <url>
@@ -446,10 +446,17 @@ func parseSIPAuth(d *caddyfile.Dispenser) (*SIPAuthConfig, error) {
 				}
 			}
 		case "allow_remote":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
 			cfg.AllowRemote = true
+			if d.NextArg() { // an optional true|false, so an environment variable can decide
+				b, perr := strconv.ParseBool(d.Val())
+				if perr != nil {
+					return nil, d.Errf("sip_auth allow_remote: want true or false, got %q", d.Val())
+				}
+				cfg.AllowRemote = b
+				if d.NextArg() {
+					return nil, d.ArgErr()
+				}
+			}
 		case "max_skew":
 			cfg.MaxSkew, err = durationArg(d)
 		case "max_expires":
