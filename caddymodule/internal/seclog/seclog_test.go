@@ -1,0 +1,74 @@
+package seclog
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestLineFormat(t *testing.T) {
+	at := time.Date(2026, 1, 19, 16, 44, 55, 0, time.Local)
+	got := Line(AuthFailed, "Failed login attempt for user: 201", "10.0.0.5", at)
+	if got != "[AUTH_FAILED] Failed login attempt for user: 201 | From: 10.0.0.5 | Time: 2026-01-19 16:44:55\n" {
+		t.Fatalf("%q", got)
+	}
+	// A crafted username cannot forge a second line or a field.
+	forged := Line(AuthFailed, "Failed login attempt for user: x\n[AUTH_SUCCESS] User 201 logged in | From: 1.2.3.4", "10.0.0.5", at)
+	if strings.Count(forged, "\n") != 1 || strings.Count(forged, " | ") != 2 {
+		t.Fatalf("forged line %q", forged)
+	}
+}
+
+func TestRotationAndMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "security.log")
+	l, err := Open(path, 300, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := range 20 {
+		l.Write(AuthSuccess, "User "+strings.Repeat("x", i)+" logged in successfully", "127.0.0.1", time.Now())
+	}
+	l.Write(Logout, "the newest line", "127.0.0.1", time.Now())
+	cur, _ := os.ReadFile(path)
+	if !strings.Contains(string(cur), "the newest line") || len(cur) > 300 {
+		t.Fatalf("current file (%d bytes): %q", len(cur), cur)
+	}
+	for _, p := range []string{path, path + ".1", path + ".2"} {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", p, st, err)
+		}
+	}
+	if _, err := os.Stat(path + ".3"); err == nil {
+		t.Fatal("kept more than 2 rotated files")
+	}
+}
+
+func TestConcurrentWritersWriteWholeLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "security.log")
+	l, _ := Open(path, 1<<20, 2)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for range 100 {
+				l.Write(MediaAccessGranted, "Media access granted for user: "+strings.Repeat("u", i+1), "127.0.0.1", time.Now())
+			}
+		})
+	}
+	wg.Wait()
+	l.Close()
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 800 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	for _, line := range lines {
+		if !strings.HasPrefix(line, "[MEDIA_ACCESS_GRANTED] Media access granted for user: u") || !strings.Contains(line, " | Time: ") {
+			t.Fatalf("torn line %q", line)
+		}
+	}
+}
