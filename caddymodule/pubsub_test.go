@@ -70,6 +70,22 @@ func pubsubSuite(t *testing.T, g *testGateway, linked bool) {
 		}
 	})
 
+	t.Run("WebSocket streams and is cut off at logout", func(t *testing.T) {
+		a3, _ := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+		conn, rd := dialWebSocket(t, g.API+"/sub/users-state?token="+a3)
+		if f := readFrame(t, conn, rd); !strings.Contains(f, `"states"`) {
+			t.Fatalf("first frame %q", f)
+		}
+		pub(`{"states":{"203":{"state":"Idle","name":"Carol"}}}`)
+		if f := readFrame(t, conn, rd); !strings.Contains(f, `"203"`) {
+			t.Fatalf("live frame %q", f)
+		}
+		g.do("POST", g.API+"/auth/logout", "", bearer(a3))
+		if f := readFrame(t, conn, rd); f != "<close>" {
+			t.Fatalf("after logout: %q", f)
+		}
+	})
+
 	t.Run("EventSource is cut off at logout", func(t *testing.T) {
 		a2, _ := g.login("201", "b749601f329a635a19c4a87bc359be3d")
 		rd, body := openStream(t, g.API+"/sub/users-state?access_token="+a2)
@@ -201,4 +217,46 @@ func TestQueryTokenNotLogged(t *testing.T) {
 	if !strings.Contains(string(sec), "[NCHAN_SUB_ACCESS_DENIED]") || strings.Contains(string(sec), access[20:60]) {
 		t.Fatalf("security.log: %s", sec)
 	}
+}
+
+func dialWebSocket(t *testing.T, url string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	rest := strings.TrimPrefix(url, "http://")
+	host, path, _ := strings.Cut(rest, "/")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	io.WriteString(conn, "GET /"+path+" HTTP/1.1\r\nHost: "+host+"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	rd := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(rd, nil)
+	// RFC 6455 §1.3's sample key and its accept value.
+	if err != nil || resp.StatusCode != 101 || resp.Header.Get("Sec-WebSocket-Accept") != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	return conn, rd
+}
+
+// readFrame returns a text frame's payload, or "<close>".
+func readFrame(t *testing.T, conn net.Conn, rd *bufio.Reader) string {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var h [2]byte
+	if _, err := io.ReadFull(rd, h[:]); err != nil {
+		t.Fatalf("frame: %v", err)
+	}
+	n := int(h[1] & 0x7f)
+	if n == 126 {
+		var e [2]byte
+		io.ReadFull(rd, e[:])
+		n = int(e[0])<<8 | int(e[1])
+	}
+	p := make([]byte, n)
+	io.ReadFull(rd, p)
+	if h[0]&0x0f == 0x8 {
+		return "<close>"
+	}
+	return string(p)
 }

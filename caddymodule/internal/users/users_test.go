@@ -133,7 +133,9 @@ func TestDemoUsers(t *testing.T) {
 
 type failing struct{}
 
-func (failing) Lookup(context.Context, string) (*User, error) { return nil, errors.New("database down") }
+func (failing) Lookup(context.Context, string) (*User, error) {
+	return nil, errors.New("database down")
+}
 
 func TestChain(t *testing.T) {
 	a, _ := NewStatic([]User{{ID: 1, Username: "201", Password: "a"}})
