@@ -59,7 +59,10 @@ func OpenRedis(url, prefix string) (*Redis, error) {
 	if o.WriteTimeout == 0 || o.WriteTimeout > 2*time.Second {
 		o.WriteTimeout = 500 * time.Millisecond
 	}
-	o.MaxRetries = 1
+	o.MaxRetries = 1 // one retry: a pooled connection may have died with a restarted Redis
+	// go-redis retries a failed dial 5 times, 100ms apart, by default: half a second per
+	// command while Redis is down. One dial attempt answers 503 at once.
+	o.DialerRetries = 1
 	if o.PoolSize < 32 {
 		o.PoolSize = 32
 	}
