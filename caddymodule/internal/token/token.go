@@ -139,7 +139,9 @@ type Issuer struct {
 	accessTTL  time.Duration
 	refreshTTL time.Duration
 	now        func() time.Time
+	leeway     time.Duration
 	parser     *jwt.Parser
+	cache      *verifiedCache
 }
 
 // Options for NewIssuer; zero values take the PHP module's defaults.
@@ -169,6 +171,8 @@ func NewIssuer(key []byte, o Options) (*Issuer, error) {
 		accessTTL:  o.AccessTTL,
 		refreshTTL: o.RefreshTTL,
 		now:        o.Now,
+		leeway:     o.Leeway,
+		cache:      newVerifiedCache(100_000),
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 			jwt.WithExpirationRequired(),
@@ -240,10 +244,20 @@ func (i *Issuer) Sign(c *Claims) (string, error) {
 }
 
 // Verify checks raw's size, shape, algorithm (HS256 only), signature, expiry and type.
-// It never touches the store: revocation is the caller's next step.
+// It never touches the store: revocation is the caller's next step. The returned claims are
+// shared and must not be modified.
 func (i *Issuer) Verify(raw string, want Type) (*Claims, error) {
 	if len(raw) == 0 || len(raw) > MaxLen {
 		return nil, ErrMalformed
+	}
+	if c := i.cache.get(raw); c != nil { // nil cache: get returns nil
+		if i.now().Add(-i.leeway).Unix() >= c.ExpiresAt {
+			return nil, ErrExpired
+		}
+		if c.Type != want {
+			return c, ErrWrongType
+		}
+		return c, nil
 	}
 	c := new(Claims)
 	_, err := i.parser.ParseWithClaims(raw, c, func(*jwt.Token) (any, error) { return i.key, nil })
@@ -256,6 +270,7 @@ func (i *Issuer) Verify(raw string, want Type) (*Claims, error) {
 	default:
 		return nil, ErrInvalid
 	}
+	i.cache.put(raw, c, i.now()) // nil cache: nothing
 	if c.Type != want {
 		return c, ErrWrongType
 	}

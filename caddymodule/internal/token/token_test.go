@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -324,6 +325,48 @@ func BenchmarkIssuePair(b *testing.B) {
 
 func BenchmarkVerify(b *testing.B) {
 	iss := issuer(b, time.Now())
+	p, _ := iss.IssuePair(Identity{UserID: "1", Username: "201", Role: "user"})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := iss.Verify(p.Access, Access); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The verified-token cache never outlives a token, never changes its type, and never holds a
+// token that failed.
+func TestVerifiedCache(t *testing.T) {
+	now := t0
+	iss, _ := NewIssuer(testKey, Options{AccessTTL: time.Minute, Now: func() time.Time { return now }})
+	p, _ := iss.IssuePair(Identity{UserID: "1", Username: "201", Role: "user"})
+	if _, err := iss.Verify(p.Access, Access); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := iss.Verify(p.Access, Refresh); !errors.Is(err, ErrWrongType) {
+		t.Fatalf("cached token as refresh: %v", err)
+	}
+	now = t0.Add(2 * time.Minute)
+	if _, err := iss.Verify(p.Access, Access); !errors.Is(err, ErrExpired) {
+		t.Fatalf("cached token after expiry: %v", err)
+	}
+	forged := p.Refresh[:len(p.Refresh)-4] + "AAAA"
+	iss.Verify(forged, Refresh)
+	if iss.cache.get(forged) != nil {
+		t.Fatal("a forged token entered the cache")
+	}
+	small := newVerifiedCache(4)
+	for i := range 10 {
+		small.put(fmt.Sprint(i), &Claims{ExpiresAt: t0.Unix() + 60}, t0)
+	}
+	if len(small.entries) > 4 {
+		t.Fatalf("cache grew to %d, max 4", len(small.entries))
+	}
+}
+
+func BenchmarkVerifyUncached(b *testing.B) {
+	iss := issuer(b, time.Now())
+	iss.cache = nil
 	p, _ := iss.IssuePair(Identity{UserID: "1", Username: "201", Role: "user"})
 	b.ReportAllocs()
 	for b.Loop() {
