@@ -42,5 +42,9 @@ fuzz:
 		done; \
 	done
 
+# Measurements (bench/RESULTS.md); minutes, not part of make test (its smoke mode is).
+bench:
+	bench/run.sh
+
 clean:
 	rm -rf $(BIN)

@@ -262,10 +262,14 @@ func (a *App) event(ev seclog.Event, message, from string) {
 			a.logger.Error("writing security log", zap.Error(err))
 		}
 	}
+	// Denials are warnings; logins and logouts are news; a granted media request is routine
+	// (one per audio chunk) and goes to Caddy's log only at debug level.
 	level := zap.InfoLevel
 	switch ev {
 	case seclog.AuthFailed, seclog.MediaAccessDenied, seclog.NchanSubAccessDenied:
 		level = zap.WarnLevel
+	case seclog.MediaAccessGranted:
+		level = zap.DebugLevel
 	}
 	if ce := a.logger.Check(level, "security event"); ce != nil {
 		ce.Write(zap.String("event", string(ev)), zap.String("message", message), zap.String("from", from))

@@ -7,6 +7,7 @@
 package seclog
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -55,10 +56,16 @@ type Log struct {
 	maxBytes int64
 	keep     int
 
-	mu   sync.Mutex
-	f    *os.File
-	size int64
+	mu    sync.Mutex
+	f     *os.File
+	w     *bufio.Writer
+	size  int64
+	timer *time.Timer // pending flush of routine lines
 }
+
+// flushDelay is how long a routine line (a grant, a login) may wait in memory before it is
+// written; failures and denials are written at once (fail2ban reads them).
+const flushDelay = 200 * time.Millisecond
 
 // Open opens (creating, mode 0600) the log at path. When a write would take it past maxBytes
 // it is renamed to path.1 (older ones shift up to path.keep) and a new file is started.
@@ -90,7 +97,17 @@ func (l *Log) open() error {
 		return fmt.Errorf("opening security log: %w", err)
 	}
 	l.f, l.size = f, st.Size()
+	l.w = bufio.NewWriterSize(f, 16<<10)
 	return nil
+}
+
+// urgent events reach the file before Write returns.
+func urgent(ev Event) bool {
+	switch ev {
+	case AuthFailed, MediaAccessDenied, NchanSubAccessDenied, Logout:
+		return true
+	}
+	return false
 }
 
 // Write appends one event.
@@ -106,15 +123,43 @@ func (l *Log) Write(ev Event, message, from string, at time.Time) error {
 			return err
 		}
 	}
-	n, err := l.f.WriteString(line)
+	n, err := l.w.WriteString(line)
 	l.size += int64(n)
 	if err != nil {
+		return fmt.Errorf("writing security log: %w", err)
+	}
+	if urgent(ev) {
+		return l.flushLocked()
+	}
+	if l.timer == nil {
+		l.timer = time.AfterFunc(flushDelay, l.Flush)
+	}
+	return nil
+}
+
+// Flush writes buffered lines to the file.
+func (l *Log) Flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flushLocked()
+}
+
+func (l *Log) flushLocked() error {
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+	}
+	if l.w == nil {
+		return nil
+	}
+	if err := l.w.Flush(); err != nil {
 		return fmt.Errorf("writing security log: %w", err)
 	}
 	return nil
 }
 
 func (l *Log) rotate() error {
+	l.flushLocked()
 	l.f.Close()
 	l.f = nil
 	for i := l.keep - 1; i >= 1; i-- {
@@ -133,7 +178,8 @@ func (l *Log) Close() error {
 	if l.f == nil {
 		return nil
 	}
+	l.flushLocked()
 	err := l.f.Close()
-	l.f = nil
+	l.f, l.w = nil, nil
 	return err
 }

@@ -72,3 +72,22 @@ func TestConcurrentWritersWriteWholeLines(t *testing.T) {
 		}
 	}
 }
+
+// Failures reach the file at once (fail2ban reads it); routine lines within flushDelay.
+func TestUrgentLinesAreWrittenAtOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "security.log")
+	l, _ := Open(path, 1<<20, 2)
+	defer l.Close()
+	l.Write(MediaAccessGranted, "Media access granted for user: 201", "127.0.0.1", time.Now())
+	l.Write(AuthFailed, "Failed login attempt for user: 202", "10.0.0.5", time.Now())
+	b, _ := os.ReadFile(path)
+	if !strings.Contains(string(b), "[AUTH_FAILED]") || !strings.Contains(string(b), "[MEDIA_ACCESS_GRANTED]") {
+		t.Fatalf("after an urgent line: %q", b)
+	}
+	l.Write(AuthSuccess, "User 201 logged in successfully", "127.0.0.1", time.Now())
+	time.Sleep(2 * flushDelay)
+	b, _ = os.ReadFile(path)
+	if !strings.Contains(string(b), "[AUTH_SUCCESS]") {
+		t.Fatalf("a routine line was not written within %s: %q", 2*flushDelay, b)
+	}
+}

@@ -64,13 +64,14 @@ const maxAnswer = 16 << 10
 
 // Client calls the hook. Safe for concurrent use.
 type Client struct {
-	url      string
-	secret   []byte
-	user     string
-	password string
-	http     *http.Client
-	slots    chan struct{}
-	now      func() time.Time
+	url       string
+	secret    []byte
+	user      string
+	password  string
+	http      *http.Client
+	slots     chan struct{}
+	queueWait time.Duration
+	now       func() time.Time
 }
 
 // Options configure a Client.
@@ -80,7 +81,8 @@ type Options struct {
 	Username    string        // Basic auth, when set
 	Password    string        //
 	Timeout     time.Duration // per callback; default 2s
-	Concurrency int           // callbacks in flight at most; default 64
+	Concurrency int           // callbacks in flight at most; default 128
+	QueueWait   time.Duration // how long a callback may wait for a free slot; default 250ms
 	Now         func() time.Time
 }
 
@@ -94,7 +96,10 @@ func New(o Options) (*Client, error) {
 		o.Timeout = 2 * time.Second
 	}
 	if o.Concurrency <= 0 {
-		o.Concurrency = 64
+		o.Concurrency = 128
+	}
+	if o.QueueWait <= 0 {
+		o.QueueWait = 250 * time.Millisecond
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -103,13 +108,14 @@ func New(o Options) (*Client, error) {
 	tr.MaxIdleConnsPerHost = o.Concurrency
 	tr.ResponseHeaderTimeout = o.Timeout
 	return &Client{
-		url:      o.URL,
-		secret:   []byte(o.Secret),
-		user:     o.Username,
-		password: o.Password,
-		http:     &http.Client{Timeout: o.Timeout, Transport: tr, CheckRedirect: noRedirects},
-		slots:    make(chan struct{}, o.Concurrency),
-		now:      o.Now,
+		url:       o.URL,
+		secret:    []byte(o.Secret),
+		user:      o.Username,
+		password:  o.Password,
+		http:      &http.Client{Timeout: o.Timeout, Transport: tr, CheckRedirect: noRedirects},
+		slots:     make(chan struct{}, o.Concurrency),
+		queueWait: o.QueueWait,
+		now:       o.Now,
 	}, nil
 }
 
@@ -129,15 +135,25 @@ func Sign(secret []byte, body []byte, t time.Time) string {
 }
 
 // Check asks the hook. A fail verdict is a Verdict with OK false and a nil error; every way
-// of getting no verdict is an error wrapping ErrUnavailable. It never waits for a slot: when
-// the configured number of callbacks is already in flight it fails at once.
+// of getting no verdict is an error wrapping ErrUnavailable. When the configured number of
+// callbacks is already in flight it waits at most QueueWait for a slot (a burst is smoothed,
+// a flood is refused), so the hook never sees more than that number at once.
 func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 	select {
 	case c.slots <- struct{}{}:
-		defer func() { <-c.slots }()
 	default:
-		return Verdict{}, fmt.Errorf("%w: %d callbacks already in flight", ErrUnavailable, cap(c.slots))
+		t := time.NewTimer(c.queueWait)
+		select {
+		case c.slots <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			return Verdict{}, fmt.Errorf("%w: %d callbacks already in flight", ErrUnavailable, cap(c.slots))
+		case <-ctx.Done():
+			t.Stop()
+			return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+		}
 	}
+	defer func() { <-c.slots }()
 	body, err := json.Marshal(r)
 	if err != nil {
 		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)

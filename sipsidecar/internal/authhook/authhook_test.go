@@ -158,7 +158,7 @@ func TestConcurrencyIsBounded(t *testing.T) {
 		mu.Unlock()
 		io.WriteString(w, `{"status":"ok"}`)
 	})
-	c := client(t, Options{URL: srv.URL, Concurrency: 3, Timeout: 5 * time.Second})
+	c := client(t, Options{URL: srv.URL, Concurrency: 3, Timeout: 5 * time.Second, QueueWait: 20 * time.Millisecond})
 	var wg sync.WaitGroup
 	results := make(chan error, 20)
 	for range 3 {
@@ -174,8 +174,8 @@ func TestConcurrencyIsBounded(t *testing.T) {
 			t.Errorf("over the limit: %v", err)
 		}
 	}
-	if d := time.Since(start); d > 100*time.Millisecond {
-		t.Errorf("refusals took %s: they waited", d)
+	if d := time.Since(start); d > 10*40*time.Millisecond {
+		t.Errorf("refusals took %s: they waited past the queue limit", d)
 	}
 	close(release)
 	wg.Wait()

@@ -74,7 +74,7 @@ func settings() []setting {
 			c.HookTimeout, err = duration(v, time.Millisecond, time.Minute)
 			return
 		}},
-		{"AUTH_HOOK_CONCURRENCY", "64", "callbacks in flight at most", func(c *Config, v string) (err error) { c.HookConcurrency, err = integer(v, 1, 10000); return }},
+		{"AUTH_HOOK_CONCURRENCY", "128", "callbacks in flight at most", func(c *Config, v string) (err error) { c.HookConcurrency, err = integer(v, 1, 10000); return }},
 		{"NONCE_SECRET", "", "HMAC key of digest nonces (share it between sidecars); empty = random per process", func(c *Config, v string) error {
 			c.NonceSecret = v
 			if v != "" && len(v) < 16 {

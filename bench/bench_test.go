@@ -1,0 +1,53 @@
+// Package bench holds make bench (run.sh) and its smoke test. The bench itself is not a test:
+// it measures. This test only runs it for about a second per part and checks that every part
+// produced a number, so the bench cannot rot unnoticed.
+package bench
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/testenv"
+)
+
+func TestBenchSmoke(t *testing.T) {
+	for bin, pkg := range map[string]string{"wrk": "wrk", "sipp": "sip-tester", "kamailio": "kamailio", "redis-server": "redis-server", "nginx": "nginx-light libnginx-mod-nchan"} {
+		testenv.Require(t, bin, "apt-get install -y "+pkg)
+	}
+	out := filepath.Join(t.TempDir(), "RESULTS.md")
+	cmd := exec.Command("./run.sh", "--smoke", "--out", out)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench/run.sh --smoke: %v", err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := string(b)
+	checks := map[string]string{
+		"token check":        `\| memory \| file behind .softphone_guard. \| [1-9]\d* \|`,
+		"forward_auth":       `\| redis \| file behind .forward_auth. .* \| [1-9]\d* \|`,
+		"kamailio rate":      `\| Kamailio [^|]* \| [1-9]\d* \|`,
+		"sidecar rate":       `\| sipsidecar, memory store[^|]* \| [1-9]\d* \|`,
+		"sidecar redis rate": `\| sipsidecar, redis store[^|]* \| [1-9]\d* \|`,
+		"fan-out gateway":    `\| gateway → Nchan \| eventsource \| \d+ \| [1-9]\d* \| [\d.]+ \|`,
+		"fan-out embedded":   `\| gateway, embedded broker \| longpoll \| \d+ \| [1-9]\d* \| [\d.]+ \|`,
+		"microbenchmark":     `\| BenchmarkVerify-\d+ \| [\d.]+ \|`,
+	}
+	for name, pat := range checks {
+		if !regexp.MustCompile(pat).MatchString(res) {
+			t.Errorf("%s: no number in the smoke results (pattern %s)", name, pat)
+		}
+	}
+	if !strings.Contains(res, "This file is a smoke run") {
+		t.Error("a smoke result is not marked as such")
+	}
+	if t.Failed() {
+		t.Log(res)
+	}
+}

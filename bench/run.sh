@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# make bench: measure the gateway and the sidecar beside what a user would pick instead, on
+# this machine, in one run, and write bench/RESULTS.md.
+#   bench/run.sh [--smoke] [--out FILE]
+# --smoke runs every part for about a second (make test runs it so the bench cannot rot).
+# Needs: wrk, sipp (sip-tester), kamailio, redis-server, nginx + libnginx-mod-nchan. It
+# installs them with apt-get when it can.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SMOKE=0
+OUT=bench/RESULTS.md
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--smoke) SMOKE=1 ;;
+	--out) OUT=$2; shift ;;
+	*) echo "usage: bench/run.sh [--smoke] [--out FILE]" >&2; exit 2 ;;
+	esac
+	shift
+done
+
+need="wrk sipp kamailio redis-server nginx"
+missing=""
+for b in $need; do command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || missing="$missing $b"; done
+[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing="$missing nchan"
+if [ -n "$missing" ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk sip-tester kamailio redis-server nginx-light libnginx-mod-nchan >/dev/null
+	else
+		echo "missing:$missing; install: apt-get install wrk sip-tester kamailio redis-server nginx-light libnginx-mod-nchan" >&2
+		exit 1
+	fi
+fi
+export PATH="$PATH:/usr/sbin:/usr/local/go/bin"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [ "$SMOKE" = 1 ]; then
+	DUR=1; WRK_CONN=8; SIP_RATES="200"; SIP_SECS=1; FAN_SIZES="50"; BENCHTIME=200x
+else
+	DUR=10; WRK_CONN=64; SIP_RATES="1000 2000 3000 4000 5000 6000 7000 8000"; SIP_SECS=10; FAN_SIZES="1000 5000 10000"; BENCHTIME=2s
+fi
+
+WORK=$(mktemp -d /tmp/softphone-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 -- -"$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "building" >&2
+./xcaddy.sh bin/caddy >/dev/null
+go build -o bin/sipsidecar ./sipsidecar
+go build -o bin/fanout ./bench/fanout
+
+freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+waitport() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+# start NAME CMD...: runs CMD in its own process group, logs to $WORK/NAME.log, sets $LASTPID
+start() { local name=$1; shift; setsid "$@" >"$WORK/$name.log" 2>&1 & LASTPID=$!; PIDS+=("$LASTPID"); }
+stop() { kill -9 -- -"$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# Users for the bench: N → secret pw-N (the same rule kamailio.cfg uses).
+python3 - "$WORK/users.json" "$WORK/users.csv" <<'PY'
+import json, sys
+users = [{"id": i, "username": str(i), "password": f"pw-{i}", "display_name": f"User {i}"} for i in range(1000, 21000)]
+json.dump(users, open(sys.argv[1], "w"))
+with open(sys.argv[2], "w") as f:
+    f.write("SEQUENTIAL\n")
+    for u in users:
+        f.write(f"{u['username']};bench.test;[authentication username={u['username']} password={u['password']}]\n")
+PY
+mkdir -p "$WORK/files" && head -c 4096 /dev/urandom >"$WORK/files/rec.wav"
+
+REDIS_PORT=$(freeport)
+start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"
+REDIS_PID=$LASTPID
+waitport "$REDIS_PORT"
+
+# gateway STORE [NCHAN]: a bench gateway (no access log, as the Nchan it is compared with);
+# sets $GW (base URL), $GWPID, $API.
+gateway() {
+	local store=$1 nchan=${2:-} port
+	port=$(freeport)
+	mkdir -p "$WORK/gw-$port"
+	cat >"$WORK/gw-$port/Caddyfile" <<CF
+{
+	admin off
+	persist_config off
+	storage file_system $WORK/gw-$port/caddy
+	softphone {
+		data_dir $WORK/gw-$port/data
+		users file $WORK/users.json
+		realm softphone
+		store $store
+		pubsub {
+			nchan_url $nchan
+		}
+	}
+}
+http://127.0.0.1:$port {
+	handle /respond {
+		respond "ok" 200
+	}
+	handle_path /file/* {
+		root * $WORK/files
+		file_server
+	}
+	handle_path /guard/* {
+		softphone_guard
+		root * $WORK/files
+		file_server
+	}
+	handle_path /fa/* {
+		forward_auth 127.0.0.1:$port {
+			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
+			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+		}
+		root * $WORK/files
+		file_server
+	}
+	softphone_api
+}
+CF
+	start "gw-$port" bin/caddy run --config "$WORK/gw-$port/Caddyfile" --adapter caddyfile
+	GWPID=$LASTPID
+	waitport "$port"
+	GW=http://127.0.0.1:$port
+	API=$GW/pbxcore/api/module-softphone-backend/v1
+}
+
+token() {
+	curl -sf -X POST "$API/auth/login" -H 'Content-Type: application/json' -d "{\"username\":\"$1\",\"password\":\"pw-$1\"}" |
+		python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])'
+}
+
+# wrkrun URL [HEADER]: prints "rps p50_ms p99_ms"
+wrkrun() {
+	local url=$1 hdr=${2:-} out
+	if [ -n "$hdr" ]; then
+		out=$(wrk -t2 -c"$WRK_CONN" -d"${DUR}s" --latency -H "$hdr" "$url")
+	else
+		out=$(wrk -t2 -c"$WRK_CONN" -d"${DUR}s" --latency "$url")
+	fi
+	echo "$out" | python3 -c '
+import sys, re
+t = sys.stdin.read()
+def ms(v):
+    n, u = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
+if non2xx: sys.exit("wrk saw %s non-2xx answers" % non2xx.group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", t).group(1)); p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
+print(f"{float(rps):.0f} {p50:.2f} {p99:.2f}")'
+}
+
+RES="$WORK/results.md"
+: >"$RES"
+say() { printf '%s\n' "$*" >>"$RES"; }
+
+# PARTS selects sections (default all): PARTS="2 3" bench/run.sh
+PARTS=${PARTS:-1 2 3 4}
+part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# ---------------------------------------------------------------- 1. token checks
+if part 1; then
+echo "1. token checks" >&2
+say "## 1. Token check (HTTP, wrk -t2 -c$WRK_CONN -d${DUR}s, on the same 2 cores)"
+say ""
+say "| store | route | requests/s | p50 ms | p99 ms | ratio |"
+say "|---|---|---:|---:|---:|---|"
+for store in memory "redis://127.0.0.1:$REDIS_PORT/3"; do
+	gateway "$store"
+	T=$(token 1000)
+	read -r r_rps r_p50 r_p99 < <(wrkrun "$GW/respond")
+	read -r f_rps f_p50 f_p99 < <(wrkrun "$GW/file/rec.wav")
+	read -r c_rps c_p50 c_p99 < <(wrkrun "$API/check-media-access" "Authorization: Bearer $T")
+	read -r g_rps g_p50 g_p99 < <(wrkrun "$GW/guard/rec.wav" "Authorization: Bearer $T")
+	read -r a_rps a_p50 a_p99 < <(wrkrun "$GW/fa/rec.wav" "Authorization: Bearer $T")
+	name=${store%%:*}
+	ratio() { python3 -c "print(f'{$1/$2:.2f}× $3')"; }
+	say "| $name | \`respond\` (Caddy's ceiling) | $r_rps | $r_p50 | $r_p99 | 1.00× respond |"
+	say "| $name | file, unprotected | $f_rps | $f_p50 | $f_p99 | $(ratio "$f_rps" "$r_rps" respond) |"
+	say "| $name | \`check-media-access\`, valid token | $c_rps | $c_p50 | $c_p99 | $(ratio "$c_rps" "$r_rps" respond) |"
+	say "| $name | file behind \`softphone_guard\` | $g_rps | $g_p50 | $g_p99 | $(ratio "$g_rps" "$f_rps" unprotected) |"
+	say "| $name | file behind \`forward_auth\` → \`check-media-access\` | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$f_rps" unprotected) |"
+	stop "$GWPID"
+done
+say ""
+fi
+
+# ---------------------------------------------------------------- 2. SIP REGISTER
+if part 2; then
+echo "2. SIP REGISTER" >&2
+# sipprate TARGET PORTFILE: highest rate in SIP_RATES sustained for SIP_SECS with 0 failed
+# calls (SIPp's exit code 0) and at least 95% of the asked rate achieved.
+sipprate() {
+	local target=$1 best=0 rate calls code verdict
+	for rate in $SIP_RATES; do
+		calls=$((rate * SIP_SECS))
+		code=0
+		(cd "$WORK" && timeout $((SIP_SECS * 4 + 20)) sipp "$target" -sf "$ROOT/sipsidecar/testdata/register-auth.xml" \
+			-inf "$WORK/users.csv" -i 127.0.0.1 -p "$(freeport)" -r "$rate" -m "$calls" -l $((rate * 2)) \
+			-nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 \
+			-trace_err -error_file "$WORK/sipp-errors.log" >"$WORK/sipp.out" 2>&1) || code=$?
+		# SIPp's own summary: every call successful, none failed, no unexpected message, and the
+		# whole run done within 10% (+0.2s) of calls/rate, i.e. the registrar kept up.
+		verdict=$(python3 - "$WORK/sipp.out" "$calls" "$rate" "$code" <<'PY'
+import re, sys
+t = open(sys.argv[1], errors="replace").read()
+calls, rate, code = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def num(pat):
+    m = re.findall(pat, t)
+    return float(m[-1]) if m else -1
+ok = num(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)")
+failed = num(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)")
+total = num(r"\d+\s+([\d.]+) s\s+\d+\s+\S+\(UDP\)")
+unexpected = sum(int(x) for x in re.findall(r"<----------\s+\d+\s+\d+\s+\d+\s+(\d+)", t))
+sustained = code == 0 and ok == calls and failed == 0 and unexpected == 0 and 0 < total <= calls / rate * 1.1 + 0.2
+print(f"{'ok' if sustained else 'no'} {int(ok / total) if total > 0 else 0} ok={ok:.0f} failed={failed:.0f} unexpected={unexpected} time={total}s")
+PY
+)
+		if [ "${verdict%% *}" != ok ]; then
+			echo "  $target at $rate/s: not sustained (sipp exit $code, $verdict)" >&2
+			break
+		fi
+		best=$(echo "$verdict" | cut -d' ' -f2)
+		echo "  $target at $rate/s: $verdict" >&2
+	done
+	echo "$best"
+}
+say "## 2. SIP REGISTER with digest auth (SIPp, MD5, one user per call from a 20,000-user injection file)"
+say ""
+say "Each call is REGISTER → 401 → REGISTER with Authorization → 200. A rate counts when SIPp ran it"
+say "for ${SIP_SECS}s with zero failed calls and zero unexpected messages and kept ≥ 95% of it."
+say "Rates tried: $SIP_RATES."
+say ""
+say "| registrar | highest sustained registrations/s | ratio to Kamailio |"
+say "|---|---:|---|"
+KPORT=$(freeport)
+sed "s/127.0.0.1:5090/127.0.0.1:$KPORT/" bench/kamailio.cfg >"$WORK/kamailio.cfg"
+start kamailio kamailio -f "$WORK/kamailio.cfg" -DD -E -P "$WORK/kamailio.pid" -w "$WORK"
+KPID=$LASTPID
+sleep 1
+K_RATE=$(sipprate "127.0.0.1:$KPORT")
+stop "$KPID"
+say "| Kamailio 5.6 (registrar + auth, usrloc in memory, 4 UDP children) | $K_RATE | 1.00× |"
+gateway memory
+for store in memory redis; do
+	SPORT=$(freeport); HPORT=$(freeport)
+	redis_url=""
+	[ "$store" = redis ] && redis_url="redis://127.0.0.1:$REDIS_PORT/4"
+	start "sidecar-$store" env SIPSIDECAR_LISTEN="udp:127.0.0.1:$SPORT" SIPSIDECAR_HTTP_ADDR="127.0.0.1:$HPORT" \
+		SIPSIDECAR_AUTH_HOOK_URL="$API/sip/auth" SIPSIDECAR_REALM=softphone SIPSIDECAR_REDIS_URL="$redis_url" \
+		SIPSIDECAR_DIGEST_ALGORITHMS=MD5,SHA-256 SIPSIDECAR_RATE_LIMIT=1000000 SIPSIDECAR_RATE_BURST=1000000 \
+		SIPSIDECAR_NONCE_SECRET=bench-nonce-secret-0123456789 SIPSIDECAR_LOG_LEVEL=error bin/sipsidecar
+	SCPID=$LASTPID
+	waitport "$HPORT"
+	S_RATE=$(sipprate "127.0.0.1:$SPORT")
+	stop "$SCPID"
+	say "| sipsidecar, $store store, callback answered by the gateway | $S_RATE | $(python3 -c "print(f'{$S_RATE/max($K_RATE,1):.2f}×')") |"
+done
+stop "$GWPID"
+say ""
+fi
+
+# ---------------------------------------------------------------- 3. presence fan-out
+if part 3; then
+echo "3. presence fan-out" >&2
+NPORT=$(freeport)
+mkdir -p "$WORK/nchan/temp"
+sed "s/listen 127.0.0.1:8089;/listen 127.0.0.1:$NPORT;/" docker/nginx-nchan.conf >"$WORK/nchan/nginx.conf"
+say "## 3. Presence fan-out (users-state, one publish, N subscribers; load client bench/fanout on the same machine)"
+say ""
+say "Latency is from the publish to each subscriber's receipt. Memory is the server process's RSS growth"
+say "divided by N, read from /proc after the subscribers connected (a fresh server per row)."
+say ""
+say "| server | mode | N | delivered | p50 ms | p99 ms | max ms | KiB per subscriber |"
+say "|---|---|---:|---:|---:|---:|---:|---:|"
+fan() { # LABEL MODE N SUBURL PUBURL PID
+	local line
+	line=$(bin/fanout -sub "$4" -pub "$5" -n "$3" -mode "$2" -pid "$6" -timeout 30s)
+	python3 - "$1" "$line" <<'PY' >>"$RES"
+import sys
+label, line = sys.argv[1], sys.argv[2]
+kv = dict(p.split("=", 1) for p in line.split())
+mem = kv["kib_per_sub"] if float(kv["kib_per_sub"]) >= 0 else "n/a"
+print(f"| {label} | {kv['mode']} | {kv['subscribers']} | {kv['delivered']} | {kv['p50_ms']} | {kv['p99_ms']} | {kv['max_ms']} | {mem} |")
+PY
+}
+for n in $FAN_SIZES; do
+	for mode in longpoll eventsource; do
+		start nchan nginx -c "$WORK/nchan/nginx.conf" -p "$WORK/nchan"
+		NCPID=$LASTPID
+		waitport "$NPORT"
+		NGWORKER=$(pgrep -P "$NCPID" | head -1 || echo 0)
+		fan "nginx + Nchan direct" "$mode" "$n" "http://127.0.0.1:$NPORT/sub/users-state" "http://127.0.0.1:$NPORT/pub/users-state" "${NGWORKER:-0}"
+		gateway memory "http://127.0.0.1:$NPORT"
+		T=$(token 1000)
+		fan "gateway → Nchan" "$mode" "$n" "$API/sub/users-state?token=$T" "$API/pub/users-state" "$GWPID"
+		stop "$GWPID"
+		stop "$NCPID"
+		gateway memory
+		T=$(token 1000)
+		fan "gateway, embedded broker" "$mode" "$n" "$API/sub/users-state?token=$T" "$API/pub/users-state" "$GWPID"
+		stop "$GWPID"
+	done
+done
+say ""
+fi
+
+# ---------------------------------------------------------------- 4. microbenchmarks
+if part 4; then
+echo "4. microbenchmarks" >&2
+say "## 4. Go microbenchmarks (go test -bench -benchmem -benchtime $BENCHTIME)"
+say ""
+say "| benchmark | ns/op | B/op | allocs/op |"
+say "|---|---:|---:|---:|"
+go test -run '^$' -bench . -benchmem -benchtime "$BENCHTIME" \
+	./caddymodule/internal/token/ ./caddymodule/internal/users/ ./internal/sipdigest/ \
+	./sipsidecar/internal/digest/ ./sipsidecar/internal/location/ ./caddymodule/internal/store/ 2>/dev/null |
+	awk '/^Benchmark/ { printf "| %s | %s | %s | %s |\n", $1, $3, $5, $7 }' >>"$RES"
+say ""
+fi
+
+# ---------------------------------------------------------------- write
+{
+	echo "# softphone-gateway benchmark results"
+	echo ""
+	echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+	echo "with $(go version | cut -d' ' -f3), $(nginx -v 2>&1 | cut -d' ' -f3), $(kamailio -v | head -1 | cut -d' ' -f2-3), $(redis-server --version | cut -d' ' -f3), SIPp $(sipp -v 2>&1 | grep -o 'v[0-9.]*' | head -1), wrk."
+	echo "Every load generator runs on the same machine as the servers it loads, and is the same for both sides"
+	echo "of each comparison. Reproduce with \`make bench\` (or \`bench/run.sh\`); \`bench/run.sh --smoke\` is the"
+	echo "one-second version \`make test\` runs.$([ "$SMOKE" = 1 ] && echo ' **This file is a smoke run: its numbers are not measurements.**')"
+	echo ""
+	cat "$RES"
+} >"$OUT"
+echo "wrote $OUT" >&2
