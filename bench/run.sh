@@ -141,16 +141,19 @@ wrkrun() {
 	else
 		out=$(wrk -t2 -c"$WRK_CONN" -d"${DUR}s" --latency "$url")
 	fi
+	echo "$out" >>"$WORK/wrk.out"
 	echo "$out" | python3 -c '
 import sys, re
 t = sys.stdin.read()
 def ms(v):
-    n, u = re.match(r"([\d.]+)(\w+)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    if not m: sys.exit("cannot read wrk latency %r in:\n%s" % (v, t))
+    n, u = m.groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
 rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
 if non2xx: sys.exit("wrk saw %s non-2xx answers" % non2xx.group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", t).group(1)); p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1)); p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
 print(f"{float(rps):.0f} {p50:.2f} {p99:.2f}")'
 }
 

@@ -362,7 +362,7 @@ type profileUser struct {
 func (a *API) profile(w http.ResponseWriter, r *http.Request) error {
 	now := a.app.now()
 	c, v := a.authenticate(r, token.Access, headerOnly)
-	metrics.tokenChecks.WithLabelValues("api", v.String()).Inc()
+	countCheck(siteAPI, v)
 	switch v {
 	case verdictOK:
 	case verdictWrongType:
@@ -398,7 +398,7 @@ func (a *API) health(w http.ResponseWriter, _ *http.Request) error {
 func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
 	c, v := a.authenticate(r, token.Access, headerOrAnyQuery)
-	metrics.tokenChecks.WithLabelValues("media", v.String()).Inc()
+	countCheck(siteMedia, v)
 	switch v {
 	case verdictOK:
 	case verdictWrongType:
@@ -416,7 +416,17 @@ func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
 	}
 	app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
 	setIdentityHeaders(w.Header(), c)
-	writeJSON(w, http.StatusOK, successBody)
+	if r.Header.Get("X-Forwarded-Uri") != "" && r.Header.Get("X-Forwarded-Method") != "" {
+		// A forward_auth subrequest reads only the status and headers, and Caddy closes the
+		// body unread: with a body that closes the pooled connection, so every subrequest
+		// would dial anew. An empty 200 keeps the connection reusable.
+		h := w.Header()
+		h["Cache-Control"] = hdrNoStore
+		h["Content-Length"] = hdrZero
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	writeRaw(w, http.StatusOK, successJSON)
 	return nil
 }
 

@@ -51,7 +51,7 @@ func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if v == verdictOK {
 		c, v = app.check(r, raw, token.Access)
 	}
-	metrics.tokenChecks.WithLabelValues("guard", v.String()).Inc()
+	countCheck(siteGuard, v)
 	switch v {
 	case verdictOK:
 	case verdictWrongType:

@@ -63,6 +63,13 @@ func TestGuardAndForwardAuth(t *testing.T) {
 		}
 	})
 
+	t.Run("a forward_auth subrequest gets an empty 200 (so its pooled connection is reused)", func(t *testing.T) {
+		r := g.do("GET", g.API+"/check-media-access", "", bearer(access), "X-Forwarded-Method: GET", "X-Forwarded-Uri: /fa/rec.wav")
+		if r.Status != 200 || r.Raw != "" || r.Header.Get("X-Softphone-Username") != "201" {
+			t.Fatalf("%d %q %v", r.Status, r.Raw, r.Header)
+		}
+	})
+
 	denied := []struct {
 		name    string
 		query   string

@@ -72,3 +72,26 @@ func registerMetrics(reg prometheus.Registerer) error {
 	}
 	return nil
 }
+
+// Where a token check ran (the site label).
+const (
+	siteAPI = iota
+	siteMedia
+	siteGuard
+	siteSubscribe
+	numSites
+)
+
+var siteNames = [numSites]string{"api", "media", "guard", "subscribe"}
+
+// checkCounters resolves every (site, verdict) counter once, off the request path.
+var checkCounters = func() (c [numSites][verdictUnavailable + 1]prometheus.Counter) {
+	for s := range numSites {
+		for v := verdictOK; v <= verdictUnavailable; v++ {
+			c[s][v] = metrics.tokenChecks.WithLabelValues(siteNames[s], v.String())
+		}
+	}
+	return c
+}()
+
+func countCheck(site int, v verdict) { checkCounters[site][v].Inc() }

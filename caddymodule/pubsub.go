@@ -151,7 +151,7 @@ func (a *API) subscribe(w http.ResponseWriter, r *http.Request, ch string) error
 	if v == verdictOK {
 		c, v = app.check(r, raw, token.Access)
 	}
-	metrics.tokenChecks.WithLabelValues("subscribe", v.String()).Inc()
+	countCheck(siteSubscribe, v)
 	switch v {
 	case verdictOK:
 	case verdictWrongType:
@@ -189,7 +189,7 @@ func (a *API) subscribe(w http.ResponseWriter, r *http.Request, ch string) error
 func (a *API) users(w http.ResponseWriter, r *http.Request) error {
 	now := a.app.now()
 	c, v := a.authenticate(r, token.Access, headerOnly)
-	metrics.tokenChecks.WithLabelValues("api", v.String()).Inc()
+	countCheck(siteAPI, v)
 	switch v {
 	case verdictOK:
 	case verdictWrongType:

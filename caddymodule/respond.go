@@ -31,6 +31,16 @@ const (
 	msgUnknownChannel      = "Unknown channel"
 )
 
+// Header values every API answer carries, built once (the canonical keys skip net/http's
+// canonicalization, and the shared slices are never modified).
+var (
+	hdrJSON    = []string{"application/json"}
+	hdrNoStore = []string{"no-store"}
+	hdrNoCache = []string{"no-cache"}
+	hdrNosniff = []string{"nosniff"}
+	hdrZero    = []string{"0"}
+)
+
 // writeJSON sends v with status. Every API answer is uncacheable: most carry tokens or
 // per-user data, and none benefits from a cache (RFC 6749 §5.1).
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -38,17 +48,25 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"success":false,"error":"Internal server error"}`)
 	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("Pragma", "no-cache")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Length", strconv.Itoa(len(b)+1))
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	writeRaw(w, status, append(b, '\n'))
 }
 
-// successBody is the bare success answer.
+// writeRaw sends a prepared JSON body.
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
+	h["Content-Type"] = hdrJSON
+	h["Cache-Control"] = hdrNoStore
+	h["Pragma"] = hdrNoCache
+	h["X-Content-Type-Options"] = hdrNosniff
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+// successJSON is the bare success answer, encoded once.
+var successJSON = []byte(`{"success":true}` + "\n")
+
+// successBody is the bare success answer as a value (for tests and composition).
 var successBody = struct {
 	Success bool `json:"success"`
 }{true}

@@ -11,9 +11,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Event is the bracketed tag.
@@ -32,22 +32,35 @@ const (
 // TimeLayout is the reference's timestamp form (local time).
 const TimeLayout = "2006-01-02 15:04:05"
 
-// Line formats one event. Control characters in message or from are replaced so that a
-// crafted username cannot forge a second log line.
+// Line formats one event. Control characters and '|' in message or from are replaced so
+// that a crafted username cannot forge a second line or a field.
 func Line(ev Event, message, from string, at time.Time) string {
-	return fmt.Sprintf("[%s] %s | From: %s | Time: %s\n", ev, clean(message), clean(from), at.Format(TimeLayout))
+	return string(appendLine(make([]byte, 0, 64+len(message)+len(from)), ev, message, from, at))
 }
 
-func clean(s string) string {
+func appendLine(b []byte, ev Event, message, from string, at time.Time) []byte {
+	b = append(b, '[')
+	b = append(b, ev...)
+	b = append(b, "] "...)
+	b = appendClean(b, message)
+	b = append(b, " | From: "...)
+	b = appendClean(b, from)
+	b = append(b, " | Time: "...)
+	b = at.AppendFormat(b, TimeLayout)
+	return append(b, '\n')
+}
+
+func appendClean(b []byte, s string) []byte {
 	if len(s) > 256 {
 		s = s[:256]
 	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || r == '|' {
-			return '_'
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '|' || r == '\uFFFD' {
+			r = '_'
 		}
-		return r
-	}, s)
+		b = utf8.AppendRune(b, r)
+	}
+	return b
 }
 
 // Log is a size-rotated security log file, safe for concurrent use.
@@ -61,6 +74,7 @@ type Log struct {
 	w     *bufio.Writer
 	size  int64
 	timer *time.Timer // pending flush of routine lines
+	line  []byte      // reused formatting buffer
 }
 
 // flushDelay is how long a routine line (a grant, a login) may wait in memory before it is
@@ -112,9 +126,10 @@ func urgent(ev Event) bool {
 
 // Write appends one event.
 func (l *Log) Write(ev Event, message, from string, at time.Time) error {
-	line := Line(ev, message, from, at)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.line = appendLine(l.line[:0], ev, message, from, at)
+	line := l.line
 	if l.f == nil {
 		return fmt.Errorf("security log is closed")
 	}
@@ -123,7 +138,7 @@ func (l *Log) Write(ev Event, message, from string, at time.Time) error {
 			return err
 		}
 	}
-	n, err := l.w.WriteString(line)
+	n, err := l.w.Write(line)
 	l.size += int64(n)
 	if err != nil {
 		return fmt.Errorf("writing security log: %w", err)
