@@ -71,6 +71,7 @@ type pubsub struct {
 
 func (p *pubsub) Destruct() error {
 	p.cancel()
+	p.b.Close()
 	return nil
 }
 
@@ -173,15 +174,18 @@ func (a *API) subscribe(w http.ResponseWriter, r *http.Request, ch string) error
 	stripQueryToken(r)
 	r.Header.Del("Authorization")
 
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
+	// The subscriber's own context: cut at token expiry or logout, and independent of the
+	// request's, because a parked long-poll outlives its handler (release ends it).
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(r.Context()))
 	ctx, stop := context.WithDeadline(ctx, c.Expiry())
-	defer stop()
 	remove := live.add(c.SessionID(), &liveSub{user: string(c.Subject), iat: time.Unix(c.IssuedAt, 0), st: app.store, cancel: cancel})
-	defer remove()
 	metrics.subscribers.Inc()
-	defer metrics.subscribers.Dec()
-	app.pubsub.b.ServeSubscriber(ctx, w, r, ch)
+	app.pubsub.b.ServeSubscriber(ctx, w, r, ch, func() {
+		metrics.subscribers.Dec()
+		remove()
+		stop()
+		cancel(nil)
+	})
 	return nil
 }
 

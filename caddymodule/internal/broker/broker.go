@@ -59,6 +59,8 @@ type Options struct {
 	SubscriberTimeout time.Duration // a long-poll waits this long, then 408 (60s; negative: forever)
 	MaxMessageSize    int64         // larger publishes get 413 (256 KiB)
 	MaxChannels       int           // more channels are refused (1024)
+	KeepLongPolls     bool          // wait in the request's goroutine instead of parking (see park.go)
+	SweepInterval     time.Duration // how often parked long-polls are checked for gone clients (5s)
 	Now               func() time.Time
 }
 
@@ -71,10 +73,12 @@ var (
 
 // Broker holds channels. Safe for concurrent use.
 type Broker struct {
-	opts     Options
-	mu       sync.Mutex
-	channels map[string]*channel
-	subs     atomic.Int64
+	opts      Options
+	mu        sync.Mutex
+	channels  map[string]*channel
+	subs      atomic.Int64
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 type channel struct {
@@ -85,6 +89,7 @@ type channel struct {
 	down          bool          // upstream Nchan unreachable: subscribers get 502
 	subscribers   int
 	lastRequested time.Time
+	parked        map[*parked]struct{} // long-polls waiting without a goroutine
 }
 
 // New returns an empty broker.
@@ -107,7 +112,17 @@ func New(o Options) *Broker {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Broker{opts: o, channels: map[string]*channel{}}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = 5 * time.Second
+	}
+	b := &Broker{opts: o, channels: map[string]*channel{}, done: make(chan struct{})}
+	go b.sweepParked(o.SweepInterval, b.done)
+	return b
+}
+
+// Close stops the broker's background work.
+func (b *Broker) Close() {
+	b.closeOnce.Do(func() { close(b.done) })
 }
 
 // Subscribers is the number of subscribers connected now, over all channels.
@@ -164,7 +179,10 @@ func (b *Broker) publish(name, contentType string, data []byte, id *ID) (Message
 	}
 	c.last = next
 	c.wake()
-	return m, c.subscribers, nil
+	ps := c.takeParked()
+	subscribers := c.subscribers
+	go b.wakeParked(ps)
+	return m, subscribers, nil
 }
 
 func (c *channel) wake() {
@@ -203,6 +221,8 @@ func (b *Broker) Delete(name string) (Info, bool) {
 	c.gone = true
 	c.msgs = nil
 	c.wake()
+	ps := c.takeParked()
+	go b.wakeParked(ps)
 	return info, true
 }
 
@@ -216,6 +236,8 @@ func (b *Broker) setDown(name string, down bool) {
 	}
 	c.down = down
 	c.wake()
+	ps := c.takeParked()
+	go b.wakeParked(ps)
 }
 
 // Info is a channel's publisher-side description.
@@ -282,20 +304,25 @@ func (b *Broker) leave(c *channel) {
 func (b *Broker) poll(c *channel, cur cursor) (m Message, ok bool, st state, wait <-chan struct{}) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	m, ok, st = b.pollLocked(c, cur)
+	return m, ok, st, c.changed
+}
+
+func (b *Broker) pollLocked(c *channel, cur cursor) (Message, bool, state) {
 	now := b.opts.Now()
 	c.lastRequested = now
 	switch {
 	case c.gone:
-		return Message{}, false, stateGone, c.changed
+		return Message{}, false, stateGone
 	case c.down:
-		return Message{}, false, stateDown, c.changed
+		return Message{}, false, stateDown
 	}
 	for _, msg := range c.msgs {
 		if now.Before(msg.expires) && (cur == nil || cur.Less(msg.ID)) {
-			return msg, true, stateOpen, c.changed
+			return msg, true, stateOpen
 		}
 	}
-	return Message{}, false, stateOpen, c.changed
+	return Message{}, false, stateOpen
 }
 
 type state int

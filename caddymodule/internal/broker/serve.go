@@ -74,14 +74,23 @@ func writeInfo(w http.ResponseWriter, r *http.Request, status int, info Info) {
 // request upgrades, an EventSource stream when it accepts text/event-stream, a long-poll
 // otherwise. When ctx ends (the subscriber's token expired or its session was logged out) a
 // stream is closed at once and a waiting long-poll ends.
-func (b *Broker) ServeSubscriber(ctx context.Context, w http.ResponseWriter, r *http.Request, name string) {
+//
+// release, when not nil, is called once the subscriber is really done: before ServeSubscriber
+// returns, or later for a long-poll parked without its goroutine (ctx must then outlive the
+// request: derive it from context.WithoutCancel(r.Context())).
+func (b *Broker) ServeSubscriber(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, release func()) {
 	switch {
 	case strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
 		b.serveWebSocket(ctx, w, r, name)
 	case strings.Contains(r.Header.Get("Accept"), "text/event-stream"):
 		b.serveEventSource(ctx, w, r, name)
 	default:
-		b.serveLongPoll(ctx, w, r, name)
+		if b.serveLongPoll(ctx, w, r, name, release) {
+			return // parked: release runs when it answers
+		}
+	}
+	if release != nil {
+		release()
 	}
 }
 
@@ -105,17 +114,17 @@ func longPollCursor(r *http.Request) cursor {
 	return &ID{Time: t.Unix(), Tag: tag}
 }
 
-func (b *Broker) serveLongPoll(ctx context.Context, w http.ResponseWriter, r *http.Request, name string) {
+// serveLongPoll answers a long-poll; it reports true when the subscriber was parked (see
+// park.go) and will be answered later.
+func (b *Broker) serveLongPoll(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, release func()) (parkedNow bool) {
 	if r.Header.Get("If-Modified-Since") != "" && r.Header.Get("If-None-Match") == "" {
 		// Nchan refuses a readable date without a tag.
 		if _, err := http.ParseTime(r.Header.Get("If-Modified-Since")); err == nil {
 			w.Header().Set("Content-Length", "18")
 			w.WriteHeader(http.StatusBadRequest)
 			io.WriteString(w, "Message ID invalid")
-			return
+			return false
 		}
-	}
-	{
 	}
 	cur := longPollCursor(r)
 	var timeout <-chan time.Time
@@ -127,11 +136,18 @@ func (b *Broker) serveLongPoll(ctx context.Context, w http.ResponseWriter, r *ht
 	c, err := b.join(name)
 	if err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		return
+		return false
 	}
-	defer b.leave(c)
-	for {
+	defer func() {
+		if !parkedNow {
+			b.leave(c)
+		}
+	}()
+	for first := true; ; first = false {
 		m, ok, st, wait := b.poll(c, cur)
+		if first && !ok && st == stateOpen && !b.opts.KeepLongPolls && b.parkLongPoll(ctx, w, r, c, cur, release) {
+			return true
+		}
 		h := w.Header()
 		switch {
 		case ok:
@@ -148,30 +164,30 @@ func (b *Broker) serveLongPoll(ctx context.Context, w http.ResponseWriter, r *ht
 			if r.Method != http.MethodHead {
 				w.Write(m.Data)
 			}
-			return
+			return false
 		case st == stateGone:
 			h.Set("Content-Length", "0")
 			h.Set("Etag", "0")
 			h.Set("Vary", "If-None-Match, If-Modified-Since")
 			w.WriteHeader(http.StatusGone)
-			return
+			return false
 		case st == stateDown:
 			h.Set("Content-Length", "0")
 			w.WriteHeader(http.StatusBadGateway)
-			return
+			return false
 		}
 		select {
 		case <-wait:
 		case <-timeout:
 			h.Set("Content-Length", "0")
 			w.WriteHeader(http.StatusRequestTimeout)
-			return
+			return false
 		case <-ctx.Done():
 			h.Set("Content-Length", "0")
 			w.WriteHeader(http.StatusRequestTimeout)
-			return
+			return false
 		case <-r.Context().Done():
-			return
+			return false
 		}
 	}
 }
