@@ -98,6 +98,7 @@ gateway() {
 	}
 }
 http://127.0.0.1:$port {
+	bind 127.0.0.1
 	handle /respond {
 		respond "ok" 200
 	}
