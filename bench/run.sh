@@ -43,6 +43,7 @@ fi
 WORK=$(mktemp -d /tmp/softphone-bench.XXXXXX)
 PIDS=()
 cleanup() {
+	set +e
 	for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 -- -"$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
 	rm -rf "$WORK"
 }
@@ -199,12 +200,13 @@ echo "2. SIP REGISTER" >&2
 # sipprate TARGET PORTFILE: highest rate in SIP_RATES sustained for SIP_SECS with 0 failed
 # calls (SIPp's exit code 0) and at least 95% of the asked rate achieved.
 sipprate() {
-	local target=$1 best=0 rate calls code verdict
+	local target=$1 best=0 rate calls code verdict lport
+	lport=$(freeport) # one SIPp port for every step: the same phones re-register
 	for rate in $SIP_RATES; do
 		calls=$((rate * SIP_SECS))
 		code=0
 		(cd "$WORK" && timeout $((SIP_SECS * 4 + 20)) sipp "$target" -sf "$ROOT/sipsidecar/testdata/register-auth.xml" \
-			-inf "$WORK/users.csv" -i 127.0.0.1 -p "$(freeport)" -r "$rate" -m "$calls" -l $((rate * 2)) \
+			-inf "$WORK/users.csv" -i 127.0.0.1 -p "$lport" -r "$rate" -m "$calls" -l $((rate * 2)) \
 			-nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 \
 			-trace_err -error_file "$WORK/sipp-errors.log" >"$WORK/sipp.out" 2>&1) || code=$?
 		# SIPp's own summary: every call successful, none failed, no unexpected message, and the
@@ -243,12 +245,12 @@ say "| registrar | highest sustained registrations/s | ratio to Kamailio |"
 say "|---|---:|---|"
 KPORT=$(freeport)
 sed "s/127.0.0.1:5090/127.0.0.1:$KPORT/" bench/kamailio.cfg >"$WORK/kamailio.cfg"
-start kamailio kamailio -f "$WORK/kamailio.cfg" -DD -E -P "$WORK/kamailio.pid" -w "$WORK"
+start kamailio kamailio -f "$WORK/kamailio.cfg" -DD -E -m 256 -M 16 -P "$WORK/kamailio.pid" -w "$WORK"
 KPID=$LASTPID
 sleep 1
 K_RATE=$(sipprate "127.0.0.1:$KPORT")
 stop "$KPID"
-say "| Kamailio 5.6 (registrar + auth, usrloc in memory, 4 UDP children) | $K_RATE | 1.00× |"
+say "| Kamailio 5.6 (registrar + auth, usrloc in memory, 4 UDP children, 256 MB shm) | $K_RATE | 1.00× |"
 gateway memory
 for store in memory redis; do
 	SPORT=$(freeport); HPORT=$(freeport)

@@ -1,11 +1,13 @@
-// Package ops serves the sidecar's operator endpoints: /metrics, /healthz, /readyz and
-// GET /locations/{aor}. Bind it to loopback or a management network: it shows bindings.
+// Package ops serves the sidecar's operator endpoints: /metrics, /healthz, /readyz,
+// GET /locations/{aor} and /debug/pprof/. Bind it to loopback or a management network: it
+// shows bindings.
 package ops
 
 import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -19,6 +21,10 @@ import (
 func Handler(reg *prometheus.Registry, store location.Store, now func() time.Time) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	// Go's profiler, for operators on this (loopback by default) port.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
