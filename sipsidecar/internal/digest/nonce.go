@@ -38,10 +38,15 @@ type Nonces struct {
 }
 
 // NewNonces returns a nonce maker; ttl is how long a nonce is fresh (then stale), now may be
-// nil (time.Now).
+// nil (time.Now). An empty secret is replaced by a random one: nonces then only verify in
+// this process, never under a guessable key.
 func NewNonces(secret []byte, ttl time.Duration, now func() time.Time) *Nonces {
 	if now == nil {
 		now = time.Now
+	}
+	if len(secret) == 0 {
+		secret = make([]byte, 32)
+		rand.Read(secret)
 	}
 	return &Nonces{secret: append([]byte(nil), secret...), ttl: ttl, now: now}
 }
@@ -66,8 +71,10 @@ func (n *Nonces) Make() string {
 	return base64.RawURLEncoding.EncodeToString(raw[:])
 }
 
-// Check verifies that nonce was made here (under this secret) and is still fresh: nil, or
-// ErrStale for a genuine nonce past its TTL, or ErrInvalid for anything else.
+// Check verifies that nonce was made under this secret and is fresh. It returns nil,
+// ErrStale for a genuine nonce (the MAC matches) issued more than TTL ago or too far in the
+// future (another sidecar's clock is off: a fresh challenge with stale=true lets the phone
+// retry at once), or ErrInvalid for anything else, oversized input included.
 func (n *Nonces) Check(nonce string) error {
 	if len(nonce) != nonceLen {
 		return ErrInvalid
@@ -81,24 +88,26 @@ func (n *Nonces) Check(nonce string) error {
 	}
 	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
 	now := n.now()
-	switch {
-	case issued.After(now.Add(clockSkew)):
-		return ErrInvalid
-	case now.Sub(issued) > n.ttl:
+	if issued.After(now.Add(clockSkew)) || now.Sub(issued) > n.ttl {
 		return ErrStale
 	}
 	return nil
 }
 
-// Challenge is a WWW-Authenticate value offering algorithm with qop=auth.
+// Challenge is a WWW-Authenticate value offering algorithm with qop=auth (RFC 7616 §3.3,
+// RFC 8760 §2.4): `Digest realm="…", nonce="…", algorithm=SHA-256, qop="auth"`, plus
+// `, stale=true` when stale. realm and nonce are escaped as quoted-strings (control
+// characters dropped); algorithm is written in its canonical form, and anything that is
+// not a token loses its non-token characters, so no input can add a parameter or a header.
 func Challenge(realm, nonce, algorithm string, stale bool) string {
 	var b strings.Builder
+	b.Grow(len(realm) + len(nonce) + 64)
 	b.WriteString(`Digest realm="`)
-	b.WriteString(quote(realm))
+	writeQuoted(&b, realm)
 	b.WriteString(`", nonce="`)
-	b.WriteString(quote(nonce))
+	writeQuoted(&b, nonce)
 	b.WriteString(`", algorithm=`)
-	b.WriteString(algorithm)
+	writeToken(&b, algorithm)
 	b.WriteString(`, qop="auth"`)
 	if stale {
 		b.WriteString(", stale=true")
@@ -106,23 +115,38 @@ func Challenge(realm, nonce, algorithm string, stale bool) string {
 	return b.String()
 }
 
-// quote escapes a quoted-string's content (RFC 3261 §25.1).
-func quote(s string) string {
-	if !strings.ContainsAny(s, "\"\\\r\n") {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		switch r {
-		case '"', '\\':
+// writeQuoted writes a quoted-string's content (RFC 3261 §25.1): '"' and '\\' escaped,
+// control characters (CR and LF above all) dropped.
+func writeQuoted(b *strings.Builder, s string) {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
 			b.WriteByte('\\')
-			b.WriteRune(r)
-		case '\r', '\n':
+			b.WriteByte(c)
+		case c < 0x20 || c == 0x7f:
 		default:
-			b.WriteRune(r)
+			b.WriteByte(c)
 		}
 	}
-	return b.String()
+}
+
+// writeToken writes MD5 and SHA-256 canonically and keeps only token characters of
+// anything else (RFC 3261 §25.1 token).
+func writeToken(b *strings.Builder, s string) {
+	switch {
+	case strings.EqualFold(s, "MD5"):
+		b.WriteString("MD5")
+		return
+	case strings.EqualFold(s, "SHA-256"):
+		b.WriteString("SHA-256")
+		return
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-.!%*_+`'~", c) >= 0 {
+			b.WriteByte(c)
+		}
+	}
 }
 
 // ParseNC reads a nonce count: exactly 8 hex digits (RFC 7616 §3.4).

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Bans keeps per-address auth failure counts and temporary bans, so a password-guessing
@@ -127,7 +129,7 @@ func (b *redisBans) Fail(ctx context.Context, ip string, window time.Duration) (
 	return n, unavailable(err)
 }
 
-var countFailure = redisScript(`
+var countFailure = redis.NewScript(`
 local n = redis.call('INCR', KEYS[1])
 if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n`)

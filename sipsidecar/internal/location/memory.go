@@ -3,19 +3,33 @@ package location
 import (
 	"container/heap"
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 )
 
 // Memory is the in-process Store: everything is lost when the process ends.
+//
+// Expiry is indexed like the Redis store's sorted set: a min-heap holds every AOR once,
+// ordered by the earliest expiry among its stored bindings (expired ones included until
+// Expire reports them), so Expire touches only AORs that are due, never the whole table.
+// Nonce counters sit in a map with their own expiry heap, swept a little on every call.
 type Memory struct {
-	mu       sync.Mutex
-	aors     map[string][]Binding
-	expiries expiryHeap // one entry per stored binding version; stale ones are skipped
-	known    map[string]string
-	nonces   map[string]nonceCount
-	swept    time.Time
+	mu     sync.Mutex
+	aors   map[string]*aorEntry
+	due    aorHeap
+	known  map[string]string
+	nonces map[string]nonceCount
+	ndue   nonceHeap
+	now    func() time.Time // nonce TTLs only; binding times come from the caller
+}
+
+type aorEntry struct {
+	aor      string
+	bindings []Binding // in the order fn returned them, expired leftovers at the end
+	first    time.Time // earliest ExpiresAt in bindings
+	index    int       // position in Memory.due
 }
 
 type nonceCount struct {
@@ -23,84 +37,82 @@ type nonceCount struct {
 	end time.Time
 }
 
-type expiryEntry struct {
-	at  time.Time
-	aor string
-	key string
-}
-
-type expiryHeap []expiryEntry
-
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryEntry)) }
-func (h *expiryHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
-}
-
 // NewMemory returns an empty store.
 func NewMemory() *Memory {
-	return &Memory{aors: map[string][]Binding{}, known: map[string]string{}, nonces: map[string]nonceCount{}}
+	return &Memory{
+		aors:   map[string]*aorEntry{},
+		known:  map[string]string{},
+		nonces: map[string]nonceCount{},
+		now:    time.Now,
+	}
 }
 
 // Update implements Store. fn sees the live bindings; expired ones it does not replace stay
-// stored until Expire reports them.
+// stored (hidden) until Expire reports them. When fn returns two bindings with one Key, the
+// later one wins.
 func (m *Memory) Update(_ context.Context, aor string, now time.Time, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	all := m.aors[aor]
+	e := m.aors[aor]
+	var all []Binding
+	if e != nil {
+		all = e.bindings
+	}
 	live := make([]Binding, 0, len(all))
 	for _, b := range all {
 		if b.Live(now) {
 			live = append(live, b)
 		}
 	}
-	next, err := fn(clone(live))
+	next, err := fn(live)
 	if err != nil {
 		return nil, err
 	}
-	pushed := make(map[string]time.Time, len(all))
+	next = normalize(aor, next)
+	stored := slices.Clip(slices.Clone(next))
 	for _, b := range all {
-		pushed[b.Key()] = b.ExpiresAt
-	}
-	stored := make([]Binding, 0, len(next))
-	keys := make(map[string]bool, len(next))
-	for i := range next {
-		next[i].AOR = aor
-		b := next[i]
-		keys[b.Key()] = true
-		stored = append(stored, b)
-		// One heap entry per expiry time: a refresh that keeps the expiry adds nothing.
-		if at, ok := pushed[b.Key()]; !ok || !at.Equal(b.ExpiresAt) {
-			heap.Push(&m.expiries, expiryEntry{at: b.ExpiresAt, aor: aor, key: b.Key()})
-		}
-		if b.DisplayName != "" || m.known[aor] == "" {
-			m.known[aor] = b.DisplayName
+		if !b.Live(now) && !hasKey(next, b.Key()) {
+			stored = append(stored, b) // left for Expire to report
 		}
 	}
-	for _, b := range all {
-		if !b.Live(now) && !keys[b.Key()] {
-			stored = append(stored, b)
+	m.set(aor, e, stored)
+	if len(next) > 0 {
+		m.known[aor] = displayName(next, m.known[aor])
+	}
+	return slices.Clone(next), nil
+}
+
+// set makes aor hold exactly bs, keeping the expiry heap in step.
+func (m *Memory) set(aor string, e *aorEntry, bs []Binding) {
+	if len(bs) == 0 {
+		if e != nil {
+			heap.Remove(&m.due, e.index)
+			delete(m.aors, aor)
 		}
+		return
 	}
-	if len(stored) == 0 {
-		delete(m.aors, aor)
-	} else {
-		m.aors[aor] = stored
+	first, _ := bounds(bs)
+	if e == nil {
+		e = &aorEntry{aor: aor}
+		m.aors[aor] = e
+		e.bindings, e.first = bs, first
+		heap.Push(&m.due, e)
+		return
 	}
-	return clone(next), nil
+	e.bindings, e.first = bs, first
+	heap.Fix(&m.due, e.index)
 }
 
 // Lookup implements Store.
 func (m *Memory) Lookup(_ context.Context, aor string, now time.Time) ([]Binding, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	e := m.aors[aor]
+	if e == nil {
+		return nil, nil
+	}
 	var out []Binding
-	for _, b := range m.aors[aor] {
+	for _, b := range e.bindings {
 		if b.Live(now) {
 			out = append(out, b)
 		}
@@ -108,27 +120,22 @@ func (m *Memory) Lookup(_ context.Context, aor string, now time.Time) ([]Binding
 	return out, nil
 }
 
-// Expire implements Store.
+// Expire implements Store. limit <= 0 means no limit.
 func (m *Memory) Expire(_ context.Context, now time.Time, limit int) ([]Binding, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []Binding
-	for m.expiries.Len() > 0 && !m.expiries[0].at.After(now) && (limit <= 0 || len(out) < limit) {
-		e := heap.Pop(&m.expiries).(expiryEntry)
-		bs := m.aors[e.aor]
-		for i, b := range bs {
-			// Only the version this entry was pushed for: a refreshed binding has a later expiry.
-			if b.Key() == e.key && b.ExpiresAt.Equal(e.at) {
+	for m.due.Len() > 0 && !m.due[0].first.After(now) && (limit <= 0 || len(out) < limit) {
+		e := m.due[0]
+		keep := make([]Binding, 0, len(e.bindings))
+		for _, b := range e.bindings {
+			if !b.Live(now) && (limit <= 0 || len(out) < limit) {
 				out = append(out, b)
-				bs = append(bs[:i:i], bs[i+1:]...)
-				break
+			} else {
+				keep = append(keep, b)
 			}
 		}
-		if len(bs) == 0 {
-			delete(m.aors, e.aor)
-		} else {
-			m.aors[e.aor] = bs
-		}
+		m.set(e.aor, e, keep)
 	}
 	return out, nil
 }
@@ -149,8 +156,8 @@ func (m *Memory) AORs(_ context.Context, now time.Time) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []string
-	for aor, bs := range m.aors {
-		for _, b := range bs {
+	for aor, e := range m.aors {
+		for _, b := range e.bindings {
 			if b.Live(now) {
 				out = append(out, aor)
 				break
@@ -161,23 +168,25 @@ func (m *Memory) AORs(_ context.Context, now time.Time) ([]string, error) {
 	return out, nil
 }
 
-// UseNonce implements Store.
+// UseNonce implements Store. A ttl below a millisecond counts as one millisecond, as in Redis.
 func (m *Memory) UseNonce(_ context.Context, nonce string, nc uint64, ttl time.Duration) error {
+	ttl = max(ttl, time.Millisecond)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := time.Now()
-	if now.Sub(m.swept) > time.Minute {
-		m.swept = now
-		for k, v := range m.nonces {
-			if now.After(v.end) {
-				delete(m.nonces, k)
-			}
+	now := m.now()
+	// Forget counters whose TTL passed; a heap entry whose counter was renewed since is skipped.
+	for m.ndue.Len() > 0 && !now.Before(m.ndue[0].end) {
+		d := heap.Pop(&m.ndue).(nonceDue)
+		if cur, ok := m.nonces[d.nonce]; ok && !now.Before(cur.end) {
+			delete(m.nonces, d.nonce)
 		}
 	}
-	if cur, ok := m.nonces[nonce]; ok && now.Before(cur.end) && nc <= cur.nc {
+	if cur, ok := m.nonces[nonce]; ok && nc <= cur.nc {
 		return ErrReplay
 	}
-	m.nonces[nonce] = nonceCount{nc: nc, end: now.Add(ttl)}
+	end := now.Add(ttl)
+	m.nonces[nonce] = nonceCount{nc: nc, end: end}
+	heap.Push(&m.ndue, nonceDue{end: end, nonce: nonce})
 	return nil
 }
 
@@ -187,9 +196,82 @@ func (m *Memory) Ping(context.Context) error { return nil }
 // Close implements Store.
 func (m *Memory) Close() error { return nil }
 
-func clone(bs []Binding) []Binding {
-	if bs == nil {
-		return nil
+// normalize stamps aor on every binding and keeps the last binding of each Key, in order.
+func normalize(aor string, bs []Binding) []Binding {
+	out := make([]Binding, 0, len(bs))
+	for _, b := range bs {
+		b.AOR = aor
+		if i := slices.IndexFunc(out, func(o Binding) bool { return o.Key() == b.Key() }); i >= 0 {
+			out = slices.Delete(out, i, i+1)
+		}
+		out = append(out, b)
 	}
-	return append([]Binding(nil), bs...)
+	return out
+}
+
+func hasKey(bs []Binding, key string) bool {
+	return slices.ContainsFunc(bs, func(b Binding) bool { return b.Key() == key })
+}
+
+// displayName is the last non-empty display name in bs, else old.
+func displayName(bs []Binding, old string) string {
+	for i := len(bs) - 1; i >= 0; i-- {
+		if bs[i].DisplayName != "" {
+			return bs[i].DisplayName
+		}
+	}
+	return old
+}
+
+// bounds returns the earliest and latest expiry of bs.
+func bounds(bs []Binding) (first, last time.Time) {
+	for i, b := range bs {
+		if i == 0 || b.ExpiresAt.Before(first) {
+			first = b.ExpiresAt
+		}
+		if i == 0 || b.ExpiresAt.After(last) {
+			last = b.ExpiresAt
+		}
+	}
+	return first, last
+}
+
+type aorHeap []*aorEntry
+
+func (h aorHeap) Len() int           { return len(h) }
+func (h aorHeap) Less(i, j int) bool { return h[i].first.Before(h[j].first) }
+func (h aorHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *aorHeap) Push(x any) {
+	e := x.(*aorEntry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+func (h *aorHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	e.index = -1
+	return e
+}
+
+type nonceDue struct {
+	end   time.Time
+	nonce string
+}
+
+type nonceHeap []nonceDue
+
+func (h nonceHeap) Len() int           { return len(h) }
+func (h nonceHeap) Less(i, j int) bool { return h[i].end.Before(h[j].end) }
+func (h nonceHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *nonceHeap) Push(x any)        { *h = append(*h, x.(nonceDue)) }
+func (h *nonceHeap) Pop() any {
+	old := *h
+	d := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return d
 }

@@ -1,23 +1,33 @@
 package location
 
-// Redis key layout (prefix default "sipsidecar:"):
+// Redis key layout (prefix default "sipsidecar:"; every key starts with it):
 //
-//	<prefix>aor:<aor>      hash: binding key (Contact URI or "instance:<+sip.instance>") → binding JSON
-//	<prefix>exp            sorted set: AOR scored by its earliest binding expiry (unix ms);
-//	                       Expire reads the AORs due from here, without SCAN
-//	<prefix>live           sorted set: AOR scored by its latest binding expiry (unix ms);
-//	                       AORs(now) is the range above now
-//	<prefix>known          hash: AOR → display name, kept after the bindings expire
-//	<prefix>nonce:<nonce>  the highest nc seen for a digest nonce, expiring with the nonce
+//	<prefix>aor:<aor>      hash: binding key (Contact URI, or "instance:<+sip.instance>")
+//	                       → binding JSON (the Binding struct's json tags)
+//	<prefix>exp            sorted set: member AOR, score = the earliest ExpiresAt among its
+//	                       stored bindings (unix ms). Expire reads the AORs due from here
+//	                       (ZRANGEBYSCORE -inf now), never SCAN.
+//	<prefix>live           sorted set: member AOR, score = the latest ExpiresAt among its
+//	                       bindings (unix ms). AORs(now) is the range above now.
+//	<prefix>known          hash: AOR → display name ("" when none), kept after the
+//	                       bindings expire, for presence snapshots.
+//	<prefix>nonce:<nonce>  string: the highest nc seen for a digest nonce, with a TTL
+//	                       (set and compared in one Lua script, so two sidecars cannot both
+//	                       accept one nc).
+//	<prefix>fail:<ip>      string: auth failures of a source address in the current window (TTL)
+//	<prefix>ban:<ip>       string "1" while the address is banned (TTL)
 //
-// An AOR's bindings change only inside WATCH/MULTI on its hash, so two REGISTERs (or two
-// sidecars) racing on one AOR never lose a binding; the loser retries on fresh data.
+// An AOR's hash and its two index entries change together, only inside WATCH <aor key> /
+// MULTI / EXEC: two REGISTERs (or two sidecars) racing on one AOR never lose a binding, the
+// loser retries on fresh data (bounded). Expired bindings stay in the hash, hidden from
+// Lookup and Update's fn, until an Expire call removes and reports them, once.
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strconv"
 	"time"
@@ -36,28 +46,32 @@ type Redis struct {
 const maxTxRetries = 50
 
 // NewRedis wraps a client (not closed by Close); prefix defaults to "sipsidecar:".
-func NewRedis(c redis.UniversalClient, prefix string) *Redis {
+func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 	if prefix == "" {
 		prefix = "sipsidecar:"
 	}
-	return &Redis{c: c, prefix: prefix}
+	return &Redis{c: client, prefix: prefix}
 }
 
-// OpenRedis connects to a redis:// or rediss:// URL with timeouts short enough that a dead
-// Redis turns into a quick 503, never a hung REGISTER.
+// OpenRedis connects to a redis://, rediss:// or unix:// URL with timeouts short enough that
+// a dead Redis turns into a quick 503, never a hung REGISTER. No command is sent yet: an
+// unreachable server shows on the first call (or Ping).
 func OpenRedis(url, prefix string) (*Redis, error) {
 	o, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing redis URL: %w", err)
 	}
-	if o.DialTimeout == 0 || o.DialTimeout > 2*time.Second {
+	if o.DialTimeout <= 0 || o.DialTimeout > 2*time.Second {
 		o.DialTimeout = time.Second
 	}
-	if o.ReadTimeout == 0 || o.ReadTimeout > 2*time.Second {
+	if o.ReadTimeout <= 0 || o.ReadTimeout > 2*time.Second {
 		o.ReadTimeout = 500 * time.Millisecond
 	}
-	if o.WriteTimeout == 0 || o.WriteTimeout > 2*time.Second {
+	if o.WriteTimeout <= 0 || o.WriteTimeout > 2*time.Second {
 		o.WriteTimeout = 500 * time.Millisecond
+	}
+	if o.PoolTimeout <= 0 || o.PoolTimeout > 2*time.Second {
+		o.PoolTimeout = time.Second
 	}
 	o.MaxRetries = 1 // one retry: a pooled connection may have died with a restarted Redis
 	// go-redis retries a failed dial 5 times, 100ms apart, by default: half a second per
@@ -73,6 +87,8 @@ func OpenRedis(url, prefix string) (*Redis, error) {
 
 func (r *Redis) aorKey(aor string) string { return r.prefix + "aor:" + aor }
 
+// unavailable turns any Redis or network failure into ErrUnavailable, keeping the text but
+// not the Redis error values (redis.Nil never leaves the package).
 func unavailable(err error) error {
 	if err == nil || errors.Is(err, ErrUnavailable) {
 		return err
@@ -80,6 +96,8 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
 
+// decodeAll reads an AOR hash; an entry that does not decode is dropped (and so removed at
+// the next write).
 func decodeAll(m map[string]string) []Binding {
 	out := make([]Binding, 0, len(m))
 	for _, v := range m {
@@ -92,20 +110,7 @@ func decodeAll(m map[string]string) []Binding {
 	return out
 }
 
-// bounds returns the earliest and latest expiry of bs.
-func bounds(bs []Binding) (first, last time.Time) {
-	for i, b := range bs {
-		if i == 0 || b.ExpiresAt.Before(first) {
-			first = b.ExpiresAt
-		}
-		if i == 0 || b.ExpiresAt.After(last) {
-			last = b.ExpiresAt
-		}
-	}
-	return first, last
-}
-
-// writeSet queues the commands that make key hold exactly bs.
+// writeSet queues the commands that make aor hold exactly bs, with both indexes.
 func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, bs []Binding) error {
 	key := r.aorKey(aor)
 	pipe.Del(ctx, key)
@@ -118,7 +123,7 @@ func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, 
 	for _, b := range bs {
 		v, err := json.Marshal(b)
 		if err != nil {
-			return err
+			return fmt.Errorf("encoding binding: %w", err)
 		}
 		fields = append(fields, b.Key(), v)
 	}
@@ -129,11 +134,34 @@ func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, 
 	return nil
 }
 
-// Update implements Store.
+// fnError carries the caller's own error out of the transaction untouched.
+type fnError struct{ err error }
+
+func (e *fnError) Error() string { return e.err.Error() }
+
+// watch runs txf under WATCH key until EXEC goes through, retrying a bounded number of
+// times with a short random pause when another writer got there first.
+func (r *Redis) watch(ctx context.Context, key string, txf func(*redis.Tx) error) error {
+	for attempt := range maxTxRetries {
+		err := r.c.Watch(ctx, txf, key)
+		if !errors.Is(err, redis.TxFailedErr) {
+			return err
+		}
+		pause := time.Duration(rand.IntN(1000*min(attempt+1, 10))) * time.Microsecond
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+	return errors.New("too much contention on one AOR")
+}
+
+// Update implements Store. When fn returns two bindings with one Key, the later one wins.
 func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
 	key := r.aorKey(aor)
 	var result []Binding
-	txf := func(tx *redis.Tx) error {
+	err := r.watch(ctx, key, func(tx *redis.Tx) error {
 		m, err := tx.HGetAll(ctx, key).Result()
 		if err != nil {
 			return err
@@ -149,15 +177,10 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 		if err != nil {
 			return &fnError{err}
 		}
-		keys := make(map[string]bool, len(next))
-		stored := make([]Binding, 0, len(next))
-		for i := range next {
-			next[i].AOR = aor
-			keys[next[i].Key()] = true
-			stored = append(stored, next[i])
-		}
+		next = normalize(aor, next)
+		stored := append([]Binding(nil), next...)
 		for _, b := range all {
-			if !b.Live(now) && !keys[b.Key()] {
+			if !b.Live(now) && !hasKey(next, b.Key()) {
 				stored = append(stored, b) // left for Expire to report
 			}
 		}
@@ -165,9 +188,9 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 			if err := r.writeSet(ctx, pipe, aor, stored); err != nil {
 				return err
 			}
-			for _, b := range next {
-				if b.DisplayName != "" {
-					pipe.HSet(ctx, r.prefix+"known", aor, b.DisplayName)
+			if len(next) > 0 {
+				if name := displayName(next, ""); name != "" {
+					pipe.HSet(ctx, r.prefix+"known", aor, name)
 				} else {
 					pipe.HSetNX(ctx, r.prefix+"known", aor, "")
 				}
@@ -176,28 +199,15 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 		})
 		result = next
 		return err
+	})
+	if fe, ok := errors.AsType[*fnError](err); ok {
+		return nil, fe.err
 	}
-	for range maxTxRetries {
-		err := r.c.Watch(ctx, txf, key)
-		var fe *fnError
-		switch {
-		case err == nil:
-			return result, nil
-		case errors.As(err, &fe):
-			return nil, fe.err
-		case errors.Is(err, redis.TxFailedErr):
-			continue
-		default:
-			return nil, unavailable(err)
-		}
+	if err != nil {
+		return nil, unavailable(err)
 	}
-	return nil, unavailable(errors.New("too much contention on one AOR"))
+	return result, nil
 }
-
-// fnError carries the caller's own error out of the transaction untouched.
-type fnError struct{ err error }
-
-func (e *fnError) Error() string { return e.err.Error() }
 
 // Lookup implements Store.
 func (r *Redis) Lookup(ctx context.Context, aor string, now time.Time) ([]Binding, error) {
@@ -214,8 +224,9 @@ func (r *Redis) Lookup(ctx context.Context, aor string, now time.Time) ([]Bindin
 	return out, nil
 }
 
-// Expire implements Store. Each expired binding is reported by exactly one caller, even
-// with several sidecars sweeping at once.
+// Expire implements Store: at most limit bindings (1000 when limit <= 0). Each expired
+// binding is reported by exactly one caller, even with several sidecars sweeping at once.
+// On a Redis failure midway it returns what it already removed along with the error.
 func (r *Redis) Expire(ctx context.Context, now time.Time, limit int) ([]Binding, error) {
 	if limit <= 0 {
 		limit = 1000
@@ -228,9 +239,13 @@ func (r *Redis) Expire(ctx context.Context, now time.Time, limit int) ([]Binding
 	}
 	var out []Binding
 	for _, aor := range aors {
+		if len(out) >= limit {
+			break
+		}
 		key := r.aorKey(aor)
+		room := limit - len(out)
 		var gone []Binding
-		txf := func(tx *redis.Tx) error {
+		err := r.watch(ctx, key, func(tx *redis.Tx) error {
 			gone = gone[:0]
 			m, err := tx.HGetAll(ctx, key).Result()
 			if err != nil {
@@ -238,23 +253,17 @@ func (r *Redis) Expire(ctx context.Context, now time.Time, limit int) ([]Binding
 			}
 			var keep []Binding
 			for _, b := range decodeAll(m) {
-				if b.Live(now) {
-					keep = append(keep, b)
-				} else {
+				if !b.Live(now) && len(gone) < room {
 					gone = append(gone, b)
+				} else {
+					keep = append(keep, b)
 				}
 			}
 			_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 				return r.writeSet(ctx, pipe, aor, keep)
 			})
 			return err
-		}
-		var err error
-		for range maxTxRetries {
-			if err = r.c.Watch(ctx, txf, key); !errors.Is(err, redis.TxFailedErr) {
-				break
-			}
-		}
+		})
 		if err != nil {
 			return out, unavailable(err)
 		}
@@ -284,16 +293,18 @@ func (r *Redis) AORs(ctx context.Context, now time.Time) ([]string, error) {
 	return aors, nil
 }
 
-// useNonce raises a nonce's nc only upwards.
-var useNonce = redisScript(`
+// useNonce raises a nonce's nc only upwards: compare and set in one step, with the TTL.
+// Lua numbers are doubles; nc is at most 0xffffffff (8 hex digits), well inside.
+var useNonce = redis.NewScript(`
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) <= cur then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`)
 
-// UseNonce implements Store.
+// UseNonce implements Store. A ttl below a millisecond counts as one millisecond.
 func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error {
-	ok, err := useNonce.Run(ctx, r.c, []string{r.prefix + "nonce:" + nonce}, nc, ttl.Milliseconds()).Int()
+	ms := max(ttl.Milliseconds(), 1)
+	ok, err := useNonce.Run(ctx, r.c, []string{r.prefix + "nonce:" + nonce}, nc, ms).Int()
 	if err != nil {
 		return unavailable(err)
 	}
@@ -306,12 +317,10 @@ func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.
 // Ping implements Store.
 func (r *Redis) Ping(ctx context.Context) error { return unavailable(r.c.Ping(ctx).Err()) }
 
-// Close closes the client when OpenRedis made it.
+// Close closes the client when OpenRedis made it; a client given to NewRedis stays open.
 func (r *Redis) Close() error {
 	if r.owned {
 		return r.c.Close()
 	}
 	return nil
 }
-
-func redisScript(src string) *redis.Script { return redis.NewScript(src) }
