@@ -90,6 +90,7 @@ type channel struct {
 	subscribers   int
 	lastRequested time.Time
 	parked        map[*parked]struct{} // long-polls waiting without a goroutine
+	streams       map[*stream]struct{} // EventSource streams without a goroutine
 }
 
 // New returns an empty broker.
@@ -179,9 +180,10 @@ func (b *Broker) publish(name, contentType string, data []byte, id *ID) (Message
 	}
 	c.last = next
 	c.wake()
-	ps := c.takeParked()
+	ps, ss := c.takeParked(), c.streamList()
 	subscribers := c.subscribers
 	go b.wakeParked(ps)
+	go wakeStreams(ss)
 	return m, subscribers, nil
 }
 
@@ -221,8 +223,9 @@ func (b *Broker) Delete(name string) (Info, bool) {
 	c.gone = true
 	c.msgs = nil
 	c.wake()
-	ps := c.takeParked()
+	ps, ss := c.takeParked(), c.streamList()
 	go b.wakeParked(ps)
+	go wakeStreams(ss)
 	return info, true
 }
 
@@ -236,8 +239,9 @@ func (b *Broker) setDown(name string, down bool) {
 	}
 	c.down = down
 	c.wake()
-	ps := c.takeParked()
+	ps, ss := c.takeParked(), c.streamList()
 	go b.wakeParked(ps)
+	go wakeStreams(ss)
 }
 
 // Info is a channel's publisher-side description.

@@ -197,13 +197,22 @@ func (b *Broker) sweepParked(interval time.Duration, done <-chan struct{}) {
 		case <-t.C:
 		}
 		var ps []*parked
+		var ss []*stream
 		b.mu.Lock()
 		for _, c := range b.channels {
 			for p := range c.parked {
 				ps = append(ps, p)
 			}
+			for s := range c.streams {
+				ss = append(ss, s)
+			}
 		}
 		b.mu.Unlock()
+		for _, s := range ss {
+			if peerGone(s.conn) {
+				s.shut("")
+			}
+		}
 		for _, p := range ps {
 			if peerGone(p.conn) {
 				p.unpark()

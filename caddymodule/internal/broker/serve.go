@@ -83,6 +83,9 @@ func (b *Broker) ServeSubscriber(ctx context.Context, w http.ResponseWriter, r *
 	case strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
 		b.serveWebSocket(ctx, w, r, name)
 	case strings.Contains(r.Header.Get("Accept"), "text/event-stream"):
+		if b.parkEventSource(ctx, w, r, name, release) {
+			return // parked: release runs when the stream ends
+		}
 		b.serveEventSource(ctx, w, r, name)
 	default:
 		if b.serveLongPoll(ctx, w, r, name, release) {
