@@ -1,185 +1,520 @@
-// Package storetest is the one conformance suite every location.Store passes.
+// Package storetest is the one conformance suite every location.Store passes (memory and
+// Redis). Binding expiry runs on an injected clock (the Store API takes now), so only the
+// nonce-counter TTL needs a short real wait.
 package storetest
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
 )
 
-var errAbort = errors.New("abort")
+var errAbort = errors.New("storetest: fn aborted")
 
-// Run checks s. Binding expiry uses the injected now, so only the nonce TTL needs a short
-// real wait.
+// t0 is the injected "now" of every test.
+var t0 = time.Date(2030, 3, 17, 10, 0, 0, 0, time.UTC)
+
+// nonceSeq keeps nonces unique across stores that share a server.
+var nonceSeq atomic.Int64
+
+func bind(aor, contact string, exp time.Time) location.Binding {
+	return location.Binding{
+		AOR: aor, Contact: contact, ExpiresAt: exp, Granted: 3600, AuthAt: t0, UpdatedAt: t0,
+		CallID: "c-" + contact, CSeq: 1, Source: "127.0.0.1:5060", Transport: "udp",
+		UserAgent: "storetest", DisplayName: "Name " + aor,
+	}
+}
+
+// put stores b in its AOR, replacing a binding with the same Key.
+func put(t *testing.T, s location.Store, bs ...location.Binding) {
+	t.Helper()
+	for _, b := range bs {
+		if _, err := s.Update(context.Background(), b.AOR, t0, replace(b)); err != nil {
+			t.Fatalf("storing %s: %v", b.Contact, err)
+		}
+	}
+}
+
+func replace(b location.Binding) func([]location.Binding) ([]location.Binding, error) {
+	return func(cur []location.Binding) ([]location.Binding, error) {
+		out := slices.DeleteFunc(slices.Clone(cur), func(c location.Binding) bool { return c.Key() == b.Key() })
+		return append(out, b), nil
+	}
+}
+
+func remove(contact string) func([]location.Binding) ([]location.Binding, error) {
+	return func(cur []location.Binding) ([]location.Binding, error) {
+		return slices.DeleteFunc(slices.Clone(cur), func(c location.Binding) bool { return c.Contact == contact }), nil
+	}
+}
+
+func contacts(bs []location.Binding) string {
+	out := make([]string, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, b.Contact)
+	}
+	sort.Strings(out)
+	return fmt.Sprint(out)
+}
+
+// canon makes bindings comparable across a JSON round trip (time zones, monotonic clock)
+// and sorts them by Key.
+func canon(bs []location.Binding) []location.Binding {
+	out := slices.Clone(bs)
+	for i := range out {
+		out[i].ExpiresAt = out[i].ExpiresAt.UTC()
+		out[i].AuthAt = out[i].AuthAt.UTC()
+		out[i].UpdatedAt = out[i].UpdatedAt.UTC()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+func lookup(t *testing.T, s location.Store, aor string, now time.Time) []location.Binding {
+	t.Helper()
+	bs, err := s.Lookup(context.Background(), aor, now)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", aor, err)
+	}
+	return bs
+}
+
+// Run checks the stores newStore makes; each subtest gets its own, empty store.
 func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 	ctx := context.Background()
-	t0 := time.Unix(1_900_000_000, 0)
-	bind := func(aor, contact string, exp time.Time) location.Binding {
-		return location.Binding{AOR: aor, Contact: contact, ExpiresAt: exp, CallID: "c-" + contact, CSeq: 1,
-			Source: "127.0.0.1:5060", Transport: "udp", DisplayName: "Name " + aor}
-	}
-	add := func(t *testing.T, s location.Store, bs ...location.Binding) {
-		t.Helper()
-		for _, b := range bs {
-			_, err := s.Update(ctx, b.AOR, t0, func(cur []location.Binding) ([]location.Binding, error) {
-				out := cur[:0:0]
-				for _, c := range cur {
-					if c.Key() != b.Key() {
-						out = append(out, c)
-					}
-				}
-				return append(out, b), nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+
+	t.Run("a stored binding reads back with every field", func(t *testing.T) {
+		s := newStore(t)
+		b := bind("201@pbx", "sip:201@10.0.0.1:5060;transport=udp", t0.Add(time.Hour))
+		b.CSeq, b.Q, b.NAT, b.WebRTC = 7, "0.5", true, true
+		b.CallHook, b.CallStatusHook = "https://hooks.example/call", "https://hooks.example/status"
+		b.AOR = "" // the store stamps the AOR it was given
+		res, err := s.Update(ctx, "201@pbx", t0, replace(b))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	contacts := func(bs []location.Binding) []string {
-		var out []string
-		for _, b := range bs {
-			out = append(out, b.Contact)
+		b.AOR = "201@pbx"
+		want := []location.Binding{b}
+		if !reflect.DeepEqual(canon(res), want) {
+			t.Fatalf("Update returned\n %+v\nwant\n %+v", canon(res), want)
 		}
-		sort.Strings(out)
-		return out
-	}
+		if got := canon(lookup(t, s, "201@pbx", t0)); !reflect.DeepEqual(got, want) {
+			t.Fatalf("Lookup returned\n %+v\nwant\n %+v", got, want)
+		}
+	})
+
+	t.Run("unknown AOR has no bindings", func(t *testing.T) {
+		s := newStore(t)
+		if got := lookup(t, s, "nobody@pbx", t0); len(got) != 0 {
+			t.Fatalf("got %v", got)
+		}
+	})
 
 	t.Run("several contacts per AOR, each with its own expiry", func(t *testing.T) {
 		s := newStore(t)
-		add(t, s, bind("201@pbx", "sip:201@10.0.0.1", t0.Add(time.Minute)), bind("201@pbx", "sip:201@10.0.0.2", t0.Add(time.Hour)))
-		got, err := s.Lookup(ctx, "201@pbx", t0)
-		if err != nil || fmt.Sprint(contacts(got)) != "[sip:201@10.0.0.1 sip:201@10.0.0.2]" {
-			t.Fatalf("lookup %v %v", contacts(got), err)
+		put(t, s, bind("201@pbx", "sip:201@10.0.0.1", t0.Add(time.Minute)), bind("201@pbx", "sip:201@10.0.0.2", t0.Add(time.Hour)))
+		if got := contacts(lookup(t, s, "201@pbx", t0)); got != "[sip:201@10.0.0.1 sip:201@10.0.0.2]" {
+			t.Fatalf("lookup %v", got)
 		}
-		got, _ = s.Lookup(ctx, "201@pbx", t0.Add(2*time.Minute))
-		if fmt.Sprint(contacts(got)) != "[sip:201@10.0.0.2]" {
-			t.Fatalf("lookup after the first expired: %v", contacts(got))
+		if got := contacts(lookup(t, s, "201@pbx", t0.Add(time.Minute-time.Millisecond))); got != "[sip:201@10.0.0.1 sip:201@10.0.0.2]" {
+			t.Fatalf("lookup just before the first expiry %v", got)
 		}
-		if got, _ := s.Lookup(ctx, "202@pbx", t0); len(got) != 0 {
-			t.Fatalf("unknown AOR has bindings %v", got)
+		// Live means now < ExpiresAt: at the expiry instant the binding is gone.
+		if got := contacts(lookup(t, s, "201@pbx", t0.Add(time.Minute))); got != "[sip:201@10.0.0.2]" {
+			t.Fatalf("lookup at the first expiry %v", got)
 		}
-		if b := got[0]; b.Source != "127.0.0.1:5060" || b.Transport != "udp" || b.CallID != "c-sip:201@10.0.0.2" {
-			t.Fatalf("fields not kept: %+v", b)
+		if got := lookup(t, s, "201@pbx", t0.Add(time.Hour)); len(got) != 0 {
+			t.Fatalf("lookup after both expired %v", contacts(got))
 		}
 	})
 
-	t.Run("update sees live bindings only and replaces the set", func(t *testing.T) {
+	t.Run("a refresh replaces the binding in place", func(t *testing.T) {
 		s := newStore(t)
-		add(t, s, bind("a@d", "sip:x", t0.Add(-time.Second)), bind("a@d", "sip:y", t0.Add(time.Hour)))
-		var seen []location.Binding
-		res, err := s.Update(ctx, "a@d", t0, func(cur []location.Binding) ([]location.Binding, error) {
-			seen = cur
-			return nil, nil // remove every live binding
-		})
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)))
+		b := bind("a@d", "sip:1", t0.Add(time.Hour))
+		b.CSeq, b.Source = 2, "127.0.0.1:5062"
+		put(t, s, b)
+		got := lookup(t, s, "a@d", t0.Add(30*time.Minute))
+		if len(got) != 1 || got[0].CSeq != 2 || got[0].Source != "127.0.0.1:5062" {
+			t.Fatalf("after refresh %+v", got)
+		}
+	})
+
+	t.Run("a binding with a +sip.instance is keyed by it", func(t *testing.T) {
+		// RFC 5626 §4.2: the same device registering from a new address replaces itself.
+		s := newStore(t)
+		old := bind("a@d", "sip:a@10.0.0.1", t0.Add(time.Hour))
+		old.InstanceID = "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"
+		moved := old
+		moved.Contact = "sip:a@10.0.0.9"
+		put(t, s, old, moved)
+		if got := contacts(lookup(t, s, "a@d", t0)); got != "[sip:a@10.0.0.9]" {
+			t.Fatalf("after moving %v", got)
+		}
+	})
+
+	t.Run("removing one contact keeps the others", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Hour)), bind("a@d", "sip:2", t0.Add(time.Hour)))
+		res, err := s.Update(ctx, "a@d", t0, remove("sip:1"))
+		if err != nil || contacts(res) != "[sip:2]" {
+			t.Fatalf("update %v %v", contacts(res), err)
+		}
+		if got := contacts(lookup(t, s, "a@d", t0)); got != "[sip:2]" {
+			t.Fatalf("left %v", got)
+		}
+	})
+
+	t.Run("removing every contact empties the AOR", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Hour)), bind("a@d", "sip:2", t0.Add(time.Hour)))
+		res, err := s.Update(ctx, "a@d", t0, func([]location.Binding) ([]location.Binding, error) { return nil, nil })
 		if err != nil || len(res) != 0 {
 			t.Fatalf("update %v %v", res, err)
 		}
-		if fmt.Sprint(contacts(seen)) != "[sip:y]" {
-			t.Fatalf("fn saw %v, want only the live binding", contacts(seen))
+		if got := lookup(t, s, "a@d", t0); len(got) != 0 {
+			t.Fatalf("left %v", contacts(got))
 		}
-		if got, _ := s.Lookup(ctx, "a@d", t0); len(got) != 0 {
-			t.Fatalf("after removing all: %v", got)
+		if aors, err := s.AORs(ctx, t0); err != nil || len(aors) != 0 {
+			t.Fatalf("AORs %v %v", aors, err)
+		}
+		if gone, err := s.Expire(ctx, t0.Add(2*time.Hour), 0); err != nil || len(gone) != 0 {
+			t.Fatalf("removed bindings reported as expired: %v %v", contacts(gone), err)
 		}
 	})
 
-	t.Run("an error from fn changes nothing", func(t *testing.T) {
+	t.Run("fn sees only live bindings", func(t *testing.T) {
 		s := newStore(t)
-		add(t, s, bind("a@d", "sip:x", t0.Add(time.Hour)))
+		put(t, s, bind("a@d", "sip:x", t0.Add(-time.Second)), bind("a@d", "sip:y", t0.Add(time.Hour)))
+		var seen []location.Binding
+		if _, err := s.Update(ctx, "a@d", t0, func(cur []location.Binding) ([]location.Binding, error) {
+			seen = cur
+			return cur, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if contacts(seen) != "[sip:y]" {
+			t.Fatalf("fn saw %v, want only the live binding", contacts(seen))
+		}
+	})
+
+	t.Run("an expired binding fn leaves out is still reported by Expire", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:x", t0.Add(-time.Second)))
+		put(t, s, bind("a@d", "sip:y", t0.Add(time.Hour)))
+		gone, err := s.Expire(ctx, t0, 0)
+		if err != nil || contacts(gone) != "[sip:x]" {
+			t.Fatalf("expire %v %v", contacts(gone), err)
+		}
+	})
+
+	t.Run("two bindings with one key from fn: the later wins", func(t *testing.T) {
+		s := newStore(t)
+		a, b := bind("a@d", "sip:1", t0.Add(time.Minute)), bind("a@d", "sip:1", t0.Add(time.Hour))
+		b.CSeq = 9
+		res, err := s.Update(ctx, "a@d", t0, func([]location.Binding) ([]location.Binding, error) {
+			return []location.Binding{a, b}, nil
+		})
+		if err != nil || len(res) != 1 || res[0].CSeq != 9 {
+			t.Fatalf("update %+v %v", res, err)
+		}
+		if got := lookup(t, s, "a@d", t0); len(got) != 1 || got[0].CSeq != 9 {
+			t.Fatalf("lookup %+v", got)
+		}
+	})
+
+	t.Run("fn's slice is its own: changing it after the call changes nothing", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Hour)))
+		var kept []location.Binding
+		if _, err := s.Update(ctx, "a@d", t0, func(cur []location.Binding) ([]location.Binding, error) {
+			kept = cur
+			return cur, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		kept[0].Contact = "sip:changed"
+		res, _ := s.Lookup(ctx, "a@d", t0)
+		res[0].Contact = "sip:changed-too"
+		if got := contacts(lookup(t, s, "a@d", t0)); got != "[sip:1]" {
+			t.Fatalf("store shares memory with its callers: %v", got)
+		}
+	})
+
+	t.Run("an error from fn is returned as is and changes nothing", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:x", t0.Add(time.Hour)))
 		_, err := s.Update(ctx, "a@d", t0, func([]location.Binding) ([]location.Binding, error) { return nil, errAbort })
-		if !errors.Is(err, errAbort) {
+		if !errors.Is(err, errAbort) || errors.Is(err, location.ErrUnavailable) {
 			t.Fatalf("err %v, want fn's own error", err)
 		}
-		if got, _ := s.Lookup(ctx, "a@d", t0); len(got) != 1 {
+		if got := contacts(lookup(t, s, "a@d", t0)); got != "[sip:x]" {
 			t.Fatalf("fn error changed the set: %v", got)
+		}
+		_, err = s.Update(ctx, "new@d", t0, func([]location.Binding) ([]location.Binding, error) {
+			return []location.Binding{bind("new@d", "sip:n", t0.Add(time.Hour))}, errAbort
+		})
+		if !errors.Is(err, errAbort) {
+			t.Fatalf("err %v", err)
+		}
+		if got := lookup(t, s, "new@d", t0); len(got) != 0 {
+			t.Fatalf("bindings returned with an error were stored: %v", contacts(got))
+		}
+		if known, _ := s.Known(ctx); known["new@d"] != "" || len(known) != 1 {
+			t.Fatalf("an aborted update made the AOR known: %v", known)
 		}
 	})
 
 	t.Run("racing updates on one AOR lose nothing", func(t *testing.T) {
 		s := newStore(t)
+		const n = 20
+		errs := make(chan error, n)
 		var wg sync.WaitGroup
-		for i := range 20 {
+		for i := range n {
 			wg.Go(func() {
-				add(t, s, bind("race@d", fmt.Sprintf("sip:%02d@h", i), t0.Add(time.Hour)))
+				b := bind("race@d", fmt.Sprintf("sip:%02d@h", i), t0.Add(time.Hour))
+				_, err := s.Update(ctx, b.AOR, t0, replace(b))
+				errs <- err
 			})
 		}
 		wg.Wait()
-		if got, _ := s.Lookup(ctx, "race@d", t0); len(got) != 20 {
-			t.Fatalf("%d of 20 bindings survived the race", len(got))
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("racing update: %v", err)
+			}
+		}
+		if got := lookup(t, s, "race@d", t0); len(got) != n {
+			t.Fatalf("%d of %d bindings survived the race: %v", len(got), n, contacts(got))
+		}
+	})
+
+	t.Run("racing read-modify-write on one binding loses no increment", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("cnt@d", "sip:c", t0.Add(time.Hour)))
+		const n = 20
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				_, err := s.Update(ctx, "cnt@d", t0, func(cur []location.Binding) ([]location.Binding, error) {
+					cur[0].CSeq++
+					return cur, nil
+				})
+				if err != nil {
+					t.Errorf("update: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if got := lookup(t, s, "cnt@d", t0); len(got) != 1 || got[0].CSeq != 1+n {
+			t.Fatalf("CSeq after %d increments: %+v", n, got)
 		}
 	})
 
 	t.Run("expire reports each expired binding exactly once", func(t *testing.T) {
 		s := newStore(t)
-		add(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)), bind("a@d", "sip:2", t0.Add(time.Hour)), bind("b@d", "sip:3", t0.Add(2*time.Minute)))
-		if got, _ := s.Expire(ctx, t0, 100); len(got) != 0 {
-			t.Fatalf("nothing is due yet, got %v", got)
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)), bind("a@d", "sip:2", t0.Add(time.Hour)), bind("b@d", "sip:3", t0.Add(2*time.Minute)))
+		if got, err := s.Expire(ctx, t0, 100); err != nil || len(got) != 0 {
+			t.Fatalf("nothing is due yet, got %v %v", contacts(got), err)
 		}
 		got, err := s.Expire(ctx, t0.Add(3*time.Minute), 100)
-		if err != nil || fmt.Sprint(contacts(got)) != "[sip:1 sip:3]" {
+		if err != nil || contacts(got) != "[sip:1 sip:3]" {
 			t.Fatalf("expire %v %v", contacts(got), err)
 		}
-		if again, _ := s.Expire(ctx, t0.Add(3*time.Minute), 100); len(again) != 0 {
-			t.Fatalf("reported twice: %v", again)
+		for _, b := range got {
+			if b.AOR == "" || b.CallID != "c-"+b.Contact {
+				t.Fatalf("expired binding lost its fields: %+v", b)
+			}
 		}
-		if left, _ := s.Lookup(ctx, "a@d", t0); fmt.Sprint(contacts(left)) != "[sip:2]" {
-			t.Fatalf("left %v", contacts(left))
+		if again, _ := s.Expire(ctx, t0.Add(3*time.Minute), 100); len(again) != 0 {
+			t.Fatalf("reported twice: %v", contacts(again))
+		}
+		if left := contacts(lookup(t, s, "a@d", t0)); left != "[sip:2]" {
+			t.Fatalf("left %v", left)
+		}
+		if left := lookup(t, s, "b@d", t0); len(left) != 0 {
+			t.Fatalf("expired binding still stored: %v", contacts(left))
+		}
+	})
+
+	t.Run("expire honours its limit and reports the rest later", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)), bind("a@d", "sip:2", t0.Add(time.Minute)), bind("a@d", "sip:3", t0.Add(time.Minute)))
+		put(t, s, bind("b@d", "sip:4", t0.Add(2*time.Minute)), bind("c@d", "sip:5", t0.Add(time.Hour)))
+		var all []location.Binding
+		for range 10 {
+			got, err := s.Expire(ctx, t0.Add(3*time.Minute), 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) > 2 {
+				t.Fatalf("limit 2, got %d", len(got))
+			}
+			if len(got) == 0 {
+				break
+			}
+			all = append(all, got...)
+		}
+		if contacts(all) != "[sip:1 sip:2 sip:3 sip:4]" {
+			t.Fatalf("expired in batches of 2: %v", contacts(all))
+		}
+	})
+
+	t.Run("concurrent sweepers report each binding once between them", func(t *testing.T) {
+		// Several sidecars sweep one store: a binding expiring must be announced once.
+		s := newStore(t)
+		for i := range 10 {
+			aor := fmt.Sprintf("%d@d", i)
+			put(t, s, bind(aor, "sip:a-"+aor, t0.Add(time.Minute)), bind(aor, "sip:b-"+aor, t0.Add(time.Minute)))
+		}
+		var mu sync.Mutex
+		var all []location.Binding
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for range 20 {
+					got, err := s.Expire(ctx, t0.Add(time.Hour), 3)
+					if err != nil {
+						t.Errorf("expire: %v", err)
+						return
+					}
+					mu.Lock()
+					all = append(all, got...)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		seen := map[string]int{}
+		for _, b := range all {
+			seen[b.Contact]++
+		}
+		if len(all) != 20 || len(seen) != 20 {
+			t.Fatalf("%d reports of %d distinct bindings, want 20 of 20: %v", len(all), len(seen), seen)
 		}
 	})
 
 	t.Run("a refreshed binding is not expired at its old time", func(t *testing.T) {
 		s := newStore(t)
-		add(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)))
-		add(t, s, bind("a@d", "sip:1", t0.Add(time.Hour)))
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)))
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Hour)))
 		if got, _ := s.Expire(ctx, t0.Add(2*time.Minute), 100); len(got) != 0 {
-			t.Fatalf("refreshed binding expired: %v", got)
+			t.Fatalf("refreshed binding expired: %v", contacts(got))
+		}
+		if got, _ := s.Expire(ctx, t0.Add(time.Hour), 100); contacts(got) != "[sip:1]" {
+			t.Fatalf("refreshed binding not expired at its new time: %v", contacts(got))
+		}
+	})
+
+	t.Run("a shortened binding expires at its new time", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Hour)))
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)))
+		if got, _ := s.Expire(ctx, t0.Add(2*time.Minute), 100); contacts(got) != "[sip:1]" {
+			t.Fatalf("shortened binding: %v", contacts(got))
 		}
 	})
 
 	t.Run("known users outlive their bindings", func(t *testing.T) {
 		s := newStore(t)
-		add(t, s, bind("201@d", "sip:1", t0.Add(time.Minute)))
-		s.Expire(ctx, t0.Add(time.Hour), 100)
+		put(t, s, bind("201@d", "sip:1", t0.Add(time.Minute)))
+		nameless := bind("202@d", "sip:2", t0.Add(time.Minute))
+		nameless.DisplayName = ""
+		put(t, s, nameless)
+		if _, err := s.Expire(ctx, t0.Add(time.Hour), 100); err != nil {
+			t.Fatal(err)
+		}
 		known, err := s.Known(ctx)
-		if err != nil || known["201@d"] != "Name 201@d" {
+		if err != nil || !reflect.DeepEqual(known, map[string]string{"201@d": "Name 201@d", "202@d": ""}) {
 			t.Fatalf("known %v %v", known, err)
+		}
+		// A later REGISTER without a display name keeps the one already known.
+		nameless.AOR, nameless.ExpiresAt = "201@d", t0.Add(2*time.Hour)
+		put(t, s, nameless)
+		renamed := bind("202@d", "sip:2", t0.Add(2*time.Hour))
+		renamed.DisplayName = "Second"
+		put(t, s, renamed)
+		known, _ = s.Known(ctx)
+		if !reflect.DeepEqual(known, map[string]string{"201@d": "Name 201@d", "202@d": "Second"}) {
+			t.Fatalf("known after new registrations %v", known)
 		}
 	})
 
 	t.Run("AORs lists those with a live binding", func(t *testing.T) {
 		s := newStore(t)
-		add(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)), bind("b@d", "sip:2", t0.Add(time.Hour)))
-		got, err := s.AORs(ctx, t0.Add(2*time.Minute))
-		if err != nil || fmt.Sprint(got) != "[b@d]" {
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)), bind("b@d", "sip:2", t0.Add(time.Hour)), bind("c@d", "sip:3", t0.Add(time.Hour)))
+		got, err := s.AORs(ctx, t0)
+		if err != nil || fmt.Sprint(got) != "[a@d b@d c@d]" {
 			t.Fatalf("AORs %v %v", got, err)
+		}
+		got, err = s.AORs(ctx, t0.Add(2*time.Minute))
+		if err != nil || fmt.Sprint(got) != "[b@d c@d]" {
+			t.Fatalf("AORs after a@d expired %v %v", got, err)
 		}
 	})
 
-	t.Run("nonce counts must grow, and are forgotten after their TTL", func(t *testing.T) {
+	t.Run("nonce counts must grow", func(t *testing.T) {
 		s := newStore(t)
-		n := fmt.Sprintf("nonce-%d", time.Now().UnixNano())
-		if err := s.UseNonce(ctx, n, 1, 300*time.Millisecond); err != nil {
+		n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
+		steps := []struct {
+			nc   uint64
+			want error
+		}{{1, nil}, {1, location.ErrReplay}, {3, nil}, {2, location.ErrReplay}, {3, location.ErrReplay}, {4, nil}, {0xffffffff, nil}, {0xffffffff, location.ErrReplay}}
+		for _, st := range steps {
+			if err := s.UseNonce(ctx, n, st.nc, time.Minute); !errors.Is(err, st.want) || (st.want == nil && err != nil) {
+				t.Fatalf("nc %d: %v, want %v", st.nc, err, st.want)
+			}
+		}
+		if err := s.UseNonce(ctx, n+"-other", 1, time.Minute); err != nil {
+			t.Fatalf("another nonce has its own count: %v", err)
+		}
+	})
+
+	t.Run("one nc is accepted once however many try at once", func(t *testing.T) {
+		// A replayed Authorization sent to several sidecars at the same moment.
+		s := newStore(t)
+		n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
+		var ok, replay atomic.Int32
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				switch err := s.UseNonce(ctx, n, 1, time.Minute); {
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, location.ErrReplay):
+					replay.Add(1)
+				default:
+					t.Errorf("UseNonce: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if ok.Load() != 1 || replay.Load() != 15 {
+			t.Fatalf("%d accepted, %d replays; want 1 and 15", ok.Load(), replay.Load())
+		}
+	})
+
+	t.Run("nonce counts are forgotten after their TTL", func(t *testing.T) {
+		s := newStore(t)
+		n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
+		const ttl = 100 * time.Millisecond
+		if err := s.UseNonce(ctx, n, 5, ttl); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.UseNonce(ctx, n, 1, 300*time.Millisecond); !errors.Is(err, location.ErrReplay) {
-			t.Fatalf("same nc again: %v, want ErrReplay", err)
+		if err := s.UseNonce(ctx, n, 5, ttl); !errors.Is(err, location.ErrReplay) {
+			t.Fatalf("within TTL: %v, want ErrReplay", err)
 		}
-		if err := s.UseNonce(ctx, n, 3, 300*time.Millisecond); err != nil {
-			t.Fatalf("higher nc: %v", err)
-		}
-		if err := s.UseNonce(ctx, n, 2, 300*time.Millisecond); !errors.Is(err, location.ErrReplay) {
-			t.Fatalf("lower nc: %v, want ErrReplay", err)
-		}
-		if err := s.UseNonce(ctx, n+"-other", 1, 300*time.Millisecond); err != nil {
-			t.Fatalf("another nonce: %v", err)
-		}
-		time.Sleep(400 * time.Millisecond)
-		if err := s.UseNonce(ctx, n, 1, time.Second); err != nil {
+		time.Sleep(ttl + 50*time.Millisecond) // the Store API takes no clock for nonces
+		if err := s.UseNonce(ctx, n, 1, ttl); err != nil {
 			t.Fatalf("after TTL: %v", err)
 		}
 	})

@@ -1,0 +1,322 @@
+package location_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/testenv"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location/storetest"
+)
+
+var prefixSeq atomic.Int64
+
+// openRedis opens a store with its own key prefix on srv, closed when the test ends.
+func openRedis(t testing.TB, url string) (*location.Redis, string) {
+	t.Helper()
+	prefix := fmt.Sprintf("t%d:", prefixSeq.Add(1))
+	s, err := location.OpenRedis(url, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, prefix
+}
+
+func TestRedisConformance(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	storetest.Run(t, func(t *testing.T) location.Store {
+		s, _ := openRedis(t, srv.URL())
+		return s
+	})
+}
+
+// The README copies the key layout from redis.go; this holds the code to it.
+func TestRedisKeyLayout(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	s := location.NewRedis(raw, "")
+	t0 := time.Unix(1_900_000_000, 0)
+	_, err := s.Update(ctx, "201@pbx", t0, func([]location.Binding) ([]location.Binding, error) {
+		return []location.Binding{
+			{Contact: "sip:201@10.0.0.1", ExpiresAt: t0.Add(time.Minute), DisplayName: "Alice"},
+			{Contact: "sip:201@10.0.0.2", InstanceID: "<urn:uuid:1>", ExpiresAt: t0.Add(time.Hour)},
+		}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UseNonce(ctx, "abc", 7, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	fields, _ := raw.HKeys(ctx, "sipsidecar:aor:201@pbx").Result()
+	if fmt.Sprint(fields) != "[sip:201@10.0.0.1 instance:<urn:uuid:1>]" && fmt.Sprint(fields) != "[instance:<urn:uuid:1> sip:201@10.0.0.1]" {
+		t.Fatalf("aor hash fields %v", fields)
+	}
+	if sc, _ := raw.ZScore(ctx, "sipsidecar:exp", "201@pbx").Result(); int64(sc) != t0.Add(time.Minute).UnixMilli() {
+		t.Fatalf("exp score %v, want the earliest expiry in ms", sc)
+	}
+	if sc, _ := raw.ZScore(ctx, "sipsidecar:live", "201@pbx").Result(); int64(sc) != t0.Add(time.Hour).UnixMilli() {
+		t.Fatalf("live score %v, want the latest expiry in ms", sc)
+	}
+	if name, _ := raw.HGet(ctx, "sipsidecar:known", "201@pbx").Result(); name != "Alice" {
+		t.Fatalf("known %q", name)
+	}
+	nc, _ := raw.Get(ctx, "sipsidecar:nonce:abc").Result()
+	ttl, _ := raw.PTTL(ctx, "sipsidecar:nonce:abc").Result()
+	if nc != "7" || ttl <= 0 || ttl > time.Minute {
+		t.Fatalf("nonce key %q ttl %s", nc, ttl)
+	}
+	if err := s.Close(); err != nil || raw.Ping(ctx).Err() != nil {
+		t.Fatalf("Close closed a client it did not open: %v", err)
+	}
+}
+
+func TestRedisSkipsUndecodableEntries(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	s, prefix := openRedis(t, srv.URL())
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	t0 := time.Unix(1_900_000_000, 0)
+	good := location.Binding{Contact: "sip:good", ExpiresAt: t0.Add(time.Hour)}
+	if _, err := s.Update(ctx, "a@d", t0, func([]location.Binding) ([]location.Binding, error) { return []location.Binding{good}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	raw.HSet(ctx, prefix+"aor:a@d", "sip:bad", "{not json")
+	got, err := s.Lookup(ctx, "a@d", t0)
+	if err != nil || len(got) != 1 || got[0].Contact != "sip:good" {
+		t.Fatalf("lookup with a garbage entry: %v %v", got, err)
+	}
+	// An index entry whose hash is gone is cleaned, not reported and not looped on.
+	raw.ZAdd(ctx, prefix+"exp", redis.Z{Score: 1, Member: "ghost@d"})
+	if gone, err := s.Expire(ctx, t0, 0); err != nil || len(gone) != 0 {
+		t.Fatalf("expire with a dangling index entry: %v %v", gone, err)
+	}
+	if n, _ := raw.ZCard(ctx, prefix+"exp").Result(); n != 1 {
+		t.Fatalf("exp index holds %d AORs, want 1", n)
+	}
+}
+
+func TestOpenRedisRejectsBadURLs(t *testing.T) {
+	for _, url := range []string{"", "http://127.0.0.1:6379", "redis://127.0.0.1:notaport", "redis://127.0.0.1:6379/notadb", "\x00"} {
+		if s, err := location.OpenRedis(url, ""); err == nil {
+			s.Close()
+			t.Errorf("OpenRedis(%q) accepted", url)
+		}
+	}
+}
+
+// every runs each Store (and Bans) method once and returns its error by name; its Update
+// adds a binding whose contact depends on now.
+func every(ctx context.Context, s *location.Redis, now time.Time) map[string]error {
+	b := location.Binding{Contact: fmt.Sprintf("sip:201@10.0.0.3;n=%d", now.UnixNano()), ExpiresAt: now.Add(time.Hour)}
+	bans := s.Bans()
+	errs := map[string]error{}
+	_, errs["Update"] = s.Update(ctx, "201@pbx", now, func(cur []location.Binding) ([]location.Binding, error) {
+		return append(cur, b), nil
+	})
+	_, errs["Lookup"] = s.Lookup(ctx, "201@pbx", now)
+	_, errs["Expire"] = s.Expire(ctx, now, 10)
+	_, errs["Known"] = s.Known(ctx)
+	_, errs["AORs"] = s.AORs(ctx, now)
+	errs["UseNonce"] = s.UseNonce(ctx, fmt.Sprint("n-", now.UnixNano()), 1, time.Minute)
+	errs["Ping"] = s.Ping(ctx)
+	_, errs["Bans.Banned"] = bans.Banned(ctx, "192.0.2.1")
+	_, errs["Bans.Fail"] = bans.Fail(ctx, "192.0.2.1", time.Minute)
+	errs["Bans.Ban"] = bans.Ban(ctx, "192.0.2.2", time.Minute)
+	return errs
+}
+
+func TestRedisRestartKeepsEverything(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	s, prefix := openRedis(t, srv.URL())
+	t0 := time.Now()
+	b := location.Binding{Contact: "sip:201@10.0.0.1", ExpiresAt: t0.Add(time.Hour), DisplayName: "Alice", CallHook: "https://h/call"}
+	short := location.Binding{Contact: "sip:202@10.0.0.2", ExpiresAt: t0.Add(time.Minute)}
+	for aor, x := range map[string]location.Binding{"201@pbx": b, "202@pbx": short} {
+		if _, err := s.Update(ctx, aor, t0, func([]location.Binding) ([]location.Binding, error) { return []location.Binding{x}, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.UseNonce(ctx, "n1", 5, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Stop() // SIGKILL: appendonly with fsync always must still have everything
+	srv.Start(t)
+
+	// The same client (a sidecar that kept running) and a new one (a restarted sidecar).
+	s2, err := location.OpenRedis(srv.URL(), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	for name, st := range map[string]location.Store{"same client": s, "new client": s2} {
+		waitUp(t, st)
+		got, err := st.Lookup(ctx, "201@pbx", t0)
+		if err != nil || len(got) != 1 || got[0].Contact != b.Contact || got[0].CallHook != b.CallHook {
+			t.Fatalf("%s after restart: %+v %v", name, got, err)
+		}
+		if known, err := st.Known(ctx); err != nil || known["201@pbx"] != "Alice" {
+			t.Fatalf("%s known after restart: %v %v", name, known, err)
+		}
+		if aors, err := st.AORs(ctx, t0); err != nil || fmt.Sprint(aors) != "[201@pbx 202@pbx]" {
+			t.Fatalf("%s AORs after restart: %v %v", name, aors, err)
+		}
+		if err := st.UseNonce(ctx, "n1", 5, time.Hour); !errors.Is(err, location.ErrReplay) {
+			t.Fatalf("%s: nonce count forgotten across the restart: %v", name, err)
+		}
+	}
+	// The expiry index survived too: the short binding is found without a scan.
+	if gone, err := s2.Expire(ctx, t0.Add(2*time.Minute), 0); err != nil || len(gone) != 1 || gone[0].Contact != short.Contact {
+		t.Fatalf("expire after restart: %+v %v", gone, err)
+	}
+}
+
+// waitUp waits (bounded) for the client to reconnect after a restart.
+func waitUp(t *testing.T, s location.Store) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Ping(context.Background()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("store did not come back within 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRedisDownFailsFastWithErrUnavailableAndRecovers(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	s, _ := openRedis(t, srv.URL())
+	now := time.Now()
+	for name, err := range every(ctx, s, now) {
+		if err != nil {
+			t.Fatalf("%s with redis up: %v", name, err)
+		}
+	}
+
+	srv.Stop()
+	for range 2 { // the pooled connections die first, then the dials are refused
+		for name, err := range timed(t, func() map[string]error { return every(ctx, s, now) }) {
+			if !errors.Is(err, location.ErrUnavailable) {
+				t.Fatalf("%s with redis down: %v, want ErrUnavailable", name, err)
+			}
+			if errors.Is(err, redis.Nil) {
+				t.Fatalf("%s leaked redis.Nil", name)
+			}
+		}
+	}
+
+	// Redis returns on the same port and data: the same client works again by itself.
+	srv.Start(t)
+	waitUp(t, s)
+	for name, err := range every(ctx, s, now.Add(time.Second)) {
+		if err != nil {
+			t.Fatalf("%s after redis came back: %v", name, err)
+		}
+	}
+	if got, err := s.Lookup(ctx, "201@pbx", now); err != nil || len(got) != 2 {
+		t.Fatalf("bindings after the outage: %v %v", got, err)
+	}
+}
+
+// timed runs f and fails when it took long: a dead Redis must cost each of the ten calls
+// well under a second.
+func timed(t *testing.T, f func() map[string]error) map[string]error {
+	t.Helper()
+	start := time.Now()
+	errs := f()
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("ten calls against a dead redis took %s", d)
+	}
+	return errs
+}
+
+func TestRedisThatNeverAnswersTimesOut(t *testing.T) {
+	// A Redis that accepts and then hangs (frozen, or a half-open network path) must not
+	// hang a REGISTER: each call gives up after the read timeout.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		var held []net.Conn // read nothing, answer nothing; closed with the listener
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	s, err := location.OpenRedis("redis://"+l.Addr().String()+"/0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	start := time.Now()
+	if err := s.Ping(ctx); !errors.Is(err, location.ErrUnavailable) {
+		t.Fatalf("ping: %v", err)
+	}
+	if _, err := s.Lookup(ctx, "a@d", time.Now()); !errors.Is(err, location.ErrUnavailable) {
+		t.Fatalf("lookup: %v", err)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("two calls to a silent redis took %s", d)
+	}
+}
+
+func TestRedisRespectsContextCancel(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	s, _ := openRedis(t, srv.URL())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Lookup(ctx, "a@d", time.Now()); err == nil {
+		t.Fatal("lookup with a cancelled context succeeded")
+	}
+}
+
+func BenchmarkRedisUpdate(b *testing.B) {
+	s, _ := openRedis(b, testenv.StartRedis(b).URL())
+	benchUpdate(b, s)
+}
+
+func BenchmarkRedisUpdateParallel(b *testing.B) {
+	s, _ := openRedis(b, testenv.StartRedis(b).URL())
+	benchUpdateParallel(b, s)
+}
+
+func BenchmarkRedisLookup(b *testing.B) {
+	s, _ := openRedis(b, testenv.StartRedis(b).URL())
+	benchLookup(b, s)
+}
+
+func BenchmarkRedisUseNonce(b *testing.B) {
+	s, _ := openRedis(b, testenv.StartRedis(b).URL())
+	benchUseNonce(b, s)
+}
+
+func BenchmarkRedisExpire(b *testing.B) {
+	s, _ := openRedis(b, testenv.StartRedis(b).URL())
+	benchExpire(b, s)
+}
+
