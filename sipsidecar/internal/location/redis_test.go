@@ -319,4 +319,3 @@ func BenchmarkRedisExpire(b *testing.B) {
 	s, _ := openRedis(b, testenv.StartRedis(b).URL())
 	benchExpire(b, s)
 }
-
