@@ -45,21 +45,27 @@ var (
 	ErrAlgorithm = errors.New("sipdigest: unsupported algorithm")
 )
 
-// Parse reads `Digest k=v, k="v", …`. Unknown parameters are ignored; a parameter given
-// twice, an unterminated quote, or a missing username/realm/nonce/uri/response is malformed.
+// Parse reads `Digest k=v, k="v", …` (RFC 3261 §25.1 quoted-strings with backslash
+// escapes). Unknown parameters are ignored; a parameter given twice, an unterminated quote,
+// or a missing username/realm/nonce/uri/response is malformed; an algorithm other than MD5
+// or SHA-256 (an explicitly empty one included) is ErrAlgorithm; qop, when present, must be
+// "auth" with nc and cnonce.
 func Parse(header string) (Credentials, error) {
 	var c Credentials
 	if len(header) > MaxHeaderLen {
 		return c, fmt.Errorf("%w: too long", ErrMalformed)
 	}
 	s := strings.TrimSpace(header)
-	scheme, rest, _ := strings.Cut(s, " ")
+	scheme, rest := s, ""
+	if i := strings.IndexAny(s, " \t\r\n"); i >= 0 {
+		scheme, rest = s[:i], s[i:]
+	}
 	if !strings.EqualFold(scheme, "Digest") {
 		return c, ErrNotDigest
 	}
 	seen := make(map[string]bool, 10)
 	for {
-		rest = strings.TrimLeft(rest, " \t,")
+		rest = strings.TrimLeft(rest, " \t\r\n,")
 		if rest == "" {
 			break
 		}
@@ -92,7 +98,7 @@ func Parse(header string) (Credentials, error) {
 			val = b.String()
 			rest = rest[end+1:]
 		} else {
-			end := strings.IndexAny(rest, ", \t")
+			end := strings.IndexAny(rest, ", \t\r\n")
 			if end < 0 {
 				end = len(rest)
 			}
@@ -130,6 +136,9 @@ func Parse(header string) (Credentials, error) {
 		return c, fmt.Errorf("%w: missing a required parameter", ErrMalformed)
 	}
 	if c.Algorithm == "" {
+		if seen["algorithm"] {
+			return c, fmt.Errorf("%w: empty algorithm", ErrAlgorithm)
+		}
 		c.Algorithm = MD5
 	}
 	if _, err := newHash(c.Algorithm); err != nil {
@@ -151,7 +160,12 @@ func newHash(alg string) (hash.Hash, error) {
 	return nil, ErrAlgorithm
 }
 
+// h is H(parts joined by ':') in hex; an empty alg is MD5 (RFC 7616 §3.4: the default), an
+// unknown one gives "", which Equal never matches.
 func h(alg string, parts ...string) string {
+	if alg == "" {
+		alg = MD5
+	}
 	hh, err := newHash(alg)
 	if err != nil {
 		return ""
@@ -165,10 +179,12 @@ func h(alg string, parts ...string) string {
 	return hex.EncodeToString(hh.Sum(nil))
 }
 
-// HA1 is H(username:realm:password) for alg.
+// HA1 is H(username:realm:password) for alg ("" for an unsupported alg).
 func HA1(alg, username, realm, password string) string { return h(alg, username, realm, password) }
 
-// Response computes the expected response for credentials c and request method, given HA1.
+// Response computes the expected response for credentials c and request method, given HA1:
+// H(HA1:nonce:nc:cnonce:qop:HA2) with qop, H(HA1:nonce:HA2) without (RFC 2069 form), where
+// HA2 = H(method:uri). It is "" when c.Algorithm is not supported.
 func Response(c Credentials, method, ha1 string) string {
 	ha2 := h(c.Algorithm, method, c.URI)
 	if c.QOP == "" {
@@ -177,7 +193,12 @@ func Response(c Credentials, method, ha1 string) string {
 	return h(c.Algorithm, ha1, c.Nonce, c.NC, c.CNonce, c.QOP, ha2)
 }
 
-// Equal compares two hex responses in constant time (case-insensitive hex).
+// Equal compares two hex responses in constant time (case-insensitive hex). An empty
+// response equals nothing: a response computed for an unsupported algorithm is "", and ""
+// must never match a phone's empty response.
 func Equal(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
 	return subtle.ConstantTimeCompare([]byte(strings.ToLower(a)), []byte(strings.ToLower(b))) == 1
 }
