@@ -161,3 +161,7 @@ func benchExpire(b *testing.B, s location.Store) {
 		}
 	}
 }
+
+func TestMemoryBansConformance(t *testing.T) {
+	storetest.RunBans(t, func(*testing.T) location.Bans { return location.NewMemoryBans(nil) })
+}

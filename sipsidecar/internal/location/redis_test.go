@@ -38,6 +38,14 @@ func TestRedisConformance(t *testing.T) {
 	})
 }
 
+func TestRedisBansConformance(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	storetest.RunBans(t, func(t *testing.T) location.Bans {
+		s, _ := openRedis(t, srv.URL())
+		return s.Bans()
+	})
+}
+
 // The README copies the key layout from redis.go; this holds the code to it.
 func TestRedisKeyLayout(t *testing.T) {
 	srv := testenv.StartRedis(t)

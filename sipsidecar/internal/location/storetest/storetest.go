@@ -525,3 +525,48 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 		}
 	})
 }
+
+// RunBans checks the Bans that newBans makes. Bans run on the store's own clock, so the
+// windows here are short real waits.
+func RunBans(t *testing.T, newBans func(t *testing.T) location.Bans) {
+	ctx := context.Background()
+	ip := func() string { return fmt.Sprintf("192.0.2.%d", nonceSeq.Add(1)%250+1) }
+
+	t.Run("failures count up within a window and restart after it", func(t *testing.T) {
+		b, addr, other := newBans(t), ip(), ip()
+		const window = 150 * time.Millisecond
+		for want := 1; want <= 3; want++ {
+			if n, err := b.Fail(ctx, addr, window); err != nil || n != want {
+				t.Fatalf("failure %d counted as %d, %v", want, n, err)
+			}
+		}
+		if n, err := b.Fail(ctx, other, window); err != nil || n != 1 {
+			t.Fatalf("another address starts at 1, got %d, %v", n, err)
+		}
+		time.Sleep(window + 50*time.Millisecond)
+		if n, err := b.Fail(ctx, addr, window); err != nil || n != 1 {
+			t.Fatalf("after the window: %d, %v; want a new count", n, err)
+		}
+	})
+
+	t.Run("a ban holds for its duration and only for its address", func(t *testing.T) {
+		b, addr, other := newBans(t), ip(), ip()
+		if banned, err := b.Banned(ctx, addr); err != nil || banned {
+			t.Fatalf("banned before any ban: %v %v", banned, err)
+		}
+		const d = 150 * time.Millisecond
+		if err := b.Ban(ctx, addr, d); err != nil {
+			t.Fatal(err)
+		}
+		if banned, err := b.Banned(ctx, addr); err != nil || !banned {
+			t.Fatalf("not banned after Ban: %v %v", banned, err)
+		}
+		if banned, err := b.Banned(ctx, other); err != nil || banned {
+			t.Fatalf("another address is banned: %v %v", banned, err)
+		}
+		time.Sleep(d + 50*time.Millisecond)
+		if banned, err := b.Banned(ctx, addr); err != nil || banned {
+			t.Fatalf("still banned after the ban ran out: %v %v", banned, err)
+		}
+	})
+}
