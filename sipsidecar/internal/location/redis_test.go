@@ -303,27 +303,26 @@ func TestRedisRespectsContextCancel(t *testing.T) {
 	}
 }
 
-func BenchmarkRedisUpdate(b *testing.B) {
-	s, _ := openRedis(b, testenv.StartRedis(b).URL())
-	benchUpdate(b, s)
+// benchRedis runs bench against a real redis-server twice: with appendfsync always (how
+// testenv starts it: every write waits for the disk) and everysec (Redis's default for
+// appendonly, what most deployments run).
+func benchRedis(b *testing.B, bench func(*testing.B, location.Store)) {
+	srv := testenv.StartRedis(b)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	for _, fsync := range []string{"always", "everysec"} {
+		b.Run("fsync="+fsync, func(b *testing.B) {
+			if err := raw.ConfigSet(context.Background(), "appendfsync", fsync).Err(); err != nil {
+				b.Fatal(err)
+			}
+			s, _ := openRedis(b, srv.URL())
+			bench(b, s)
+		})
+	}
 }
 
-func BenchmarkRedisUpdateParallel(b *testing.B) {
-	s, _ := openRedis(b, testenv.StartRedis(b).URL())
-	benchUpdateParallel(b, s)
-}
-
-func BenchmarkRedisLookup(b *testing.B) {
-	s, _ := openRedis(b, testenv.StartRedis(b).URL())
-	benchLookup(b, s)
-}
-
-func BenchmarkRedisUseNonce(b *testing.B) {
-	s, _ := openRedis(b, testenv.StartRedis(b).URL())
-	benchUseNonce(b, s)
-}
-
-func BenchmarkRedisExpire(b *testing.B) {
-	s, _ := openRedis(b, testenv.StartRedis(b).URL())
-	benchExpire(b, s)
-}
+func BenchmarkRedisUpdate(b *testing.B)         { benchRedis(b, benchUpdate) }
+func BenchmarkRedisUpdateParallel(b *testing.B) { benchRedis(b, benchUpdateParallel) }
+func BenchmarkRedisLookup(b *testing.B)         { benchRedis(b, benchLookup) }
+func BenchmarkRedisUseNonce(b *testing.B)       { benchRedis(b, benchUseNonce) }
+func BenchmarkRedisExpire(b *testing.B)         { benchRedis(b, benchExpire) }
