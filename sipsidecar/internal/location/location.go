@@ -59,8 +59,9 @@ type Store interface {
 	Update(ctx context.Context, aor string, now time.Time, fn func(current []Binding) ([]Binding, error)) ([]Binding, error)
 	// Lookup returns the AOR's live bindings at now.
 	Lookup(ctx context.Context, aor string, now time.Time) ([]Binding, error)
-	// Expire removes every binding expired at now and returns them (at most limit), so the
-	// caller can publish "unregistered"/"offline" events.
+	// Expire removes every binding expired at now and returns them (at most limit; limit <= 0
+	// means no limit), so the caller can publish "unregistered"/"offline" events. Each
+	// expired binding is returned once, even to several callers sweeping at once.
 	Expire(ctx context.Context, now time.Time, limit int) ([]Binding, error)
 	// Known returns every AOR that has ever registered with its display name (kept after its
 	// bindings expire), for presence snapshots.

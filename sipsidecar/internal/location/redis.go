@@ -27,6 +27,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"strconv"
@@ -224,16 +225,18 @@ func (r *Redis) Lookup(ctx context.Context, aor string, now time.Time) ([]Bindin
 	return out, nil
 }
 
-// Expire implements Store: at most limit bindings (1000 when limit <= 0). Each expired
-// binding is reported by exactly one caller, even with several sidecars sweeping at once.
-// On a Redis failure midway it returns what it already removed along with the error.
+// Expire implements Store. Each expired binding is reported by exactly one caller, even
+// with several sidecars sweeping at once. On a Redis failure midway it returns what it
+// already removed along with the error.
 func (r *Redis) Expire(ctx context.Context, now time.Time, limit int) ([]Binding, error) {
 	if limit <= 0 {
-		limit = 1000
+		limit = math.MaxInt
 	}
-	aors, err := r.c.ZRangeByScore(ctx, r.prefix+"exp", &redis.ZRangeBy{
-		Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
-	}).Result()
+	due := &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10)}
+	if limit < math.MaxInt {
+		due.Count = int64(limit) // an AOR holds at least one due binding: no more AORs needed
+	}
+	aors, err := r.c.ZRangeByScore(ctx, r.prefix+"exp", due).Result()
 	if err != nil {
 		return nil, unavailable(err)
 	}

@@ -369,6 +369,17 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 		}
 	})
 
+	t.Run("expire without a limit takes every due binding", func(t *testing.T) {
+		s := newStore(t)
+		for i := range 5 {
+			aor := fmt.Sprintf("%d@d", i)
+			put(t, s, bind(aor, "sip:1-"+aor, t0.Add(time.Minute)), bind(aor, "sip:2-"+aor, t0.Add(time.Minute)))
+		}
+		if got, err := s.Expire(ctx, t0.Add(time.Hour), 0); err != nil || len(got) != 10 {
+			t.Fatalf("limit 0 expired %d, %v; want all 10", len(got), err)
+		}
+	})
+
 	t.Run("concurrent sweepers report each binding once between them", func(t *testing.T) {
 		// Several sidecars sweep one store: a binding expiring must be announced once.
 		s := newStore(t)
