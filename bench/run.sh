@@ -325,7 +325,9 @@ say "|---|---:|---:|---:|"
 go test -run '^$' -bench . -benchmem -benchtime "$BENCHTIME" \
 	./caddymodule/internal/token/ ./caddymodule/internal/users/ ./internal/sipdigest/ \
 	./sipsidecar/internal/digest/ ./sipsidecar/internal/location/ ./caddymodule/internal/store/ 2>/dev/null |
-	awk '/^Benchmark/ { printf "| %s | %s | %s | %s |\n", $1, $3, $5, $7 }' >>"$RES"
+	awk '/^Benchmark/ { ns = b = a = "";
+		for (i = 2; i < NF; i++) { if ($(i+1) == "ns/op") ns = $i; if ($(i+1) == "B/op") b = $i; if ($(i+1) == "allocs/op") a = $i }
+		printf "| %s | %s | %s | %s |\n", $1, ns, b, a }' >>"$RES"
 say ""
 fi
 
