@@ -343,4 +343,5 @@ fi
 	echo ""
 	cat "$RES"
 } >"$OUT"
+python3 bench/targets.py "$OUT"
 echo "wrote $OUT" >&2

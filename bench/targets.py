@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Appends the issue-6 targets, each with its measured value and a met/missed verdict, to a
+RESULTS.md written by run.sh. Usage: bench/targets.py RESULTS.md"""
+import re
+import sys
+
+path = sys.argv[1]
+text = open(path).read()
+rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+
+
+def find(*prefix):
+    for r in rows:
+        if all(r[i].startswith(p) for i, p in enumerate(prefix)):
+            return r
+    return None
+
+
+def num(s):
+    m = re.match(r"[\d.]+", s or "")
+    return float(m.group()) if m else None
+
+
+out = ["", "## Targets (issue 6)", "", "| target | measured | verdict |", "|---|---|---|"]
+
+
+def add(target, measured, ok):
+    out.append(f"| {target} | {measured} | {'met' if ok else '**missed**' if ok is not None else 'not measured'} |")
+
+
+for store in ("memory", "redis"):
+    resp = find(store, "`respond`")
+    unp = find(store, "file, unprotected")
+    cma = find(store, "`check-media-access`")
+    guard = find(store, "file behind `softphone_guard`")
+    fa = find(store, "file behind `forward_auth`")
+    if not (resp and unp and cma and guard and fa):
+        continue
+    r = num(cma[2]) / num(resp[2])
+    add(f"`check-media-access` ≥ 0.9× `respond` ({store} store)", f"{r:.2f}×", r >= 0.9)
+    r = num(guard[2]) / num(unp[2])
+    add(f"`softphone_guard` ≥ 0.9× unprotected ({store} store)", f"{r:.2f}×", r >= 0.9)
+    r = num(fa[2]) / num(unp[2])
+    add(f"`forward_auth` ≥ 0.5× unprotected ({store} store)", f"{r:.2f}×", r >= 0.5)
+
+kam = find("Kamailio")
+for store, want in (("memory", 1.0), ("redis", 0.7)):
+    sc = find(f"sipsidecar, {store} store")
+    if kam and sc and num(kam[1]):
+        r = num(sc[1]) / num(kam[1])
+        add(f"sidecar REGISTER ≥ {want}× Kamailio ({store} store)", f"{num(sc[1]):.0f}/s vs {num(kam[1]):.0f}/s = {r:.2f}×", r >= want)
+
+for label in ("gateway → Nchan", "gateway, embedded broker"):
+    for mode in ("longpoll", "eventsource"):
+        r = find(label, mode, "10000")
+        if not r:
+            continue
+        p99, kib, delivered = num(r[5]), num(r[7]), num(r[3])
+        add(f"10k {mode} subscribers ({label}): p99 ≤ 1 s", f"{p99:.0f} ms", p99 <= 1000)
+        add(f"10k {mode} subscribers ({label}): ≤ 20 KiB each", f"{kib} KiB", kib is not None and kib <= 20)
+        add(f"10k {mode} subscribers ({label}): none lost", f"{delivered:.0f} delivered", delivered == 10000)
+
+for name in ("BenchmarkVerify-", "BenchmarkVerifyUncached-"):
+    r = next((x for x in rows if x[0].startswith(name)), None)
+    if r:
+        ns, allocs = num(r[1]), num(r[3])
+        what = "repeated token (cache)" if "Uncached" not in name else "first sight of a token (full parse)"
+        add(f"token verify ≤ 3 µs and ≤ 30 allocs, {what}", f"{ns/1000:.2f} µs, {allocs:.0f} allocs", ns <= 3000 and allocs <= 30)
+
+open(path, "a").write("\n".join(out) + "\n")
