@@ -5,12 +5,15 @@ package token
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -142,6 +145,7 @@ type Issuer struct {
 	leeway     time.Duration
 	parser     *jwt.Parser
 	cache      *verifiedCache
+	macs       sync.Pool // keyed HMAC-SHA256 hashes for fastVerify
 }
 
 // Options for NewIssuer; zero values take the PHP module's defaults.
@@ -166,8 +170,9 @@ func NewIssuer(key []byte, o Options) (*Issuer, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Issuer{
-		key:        bytes.Clone(key),
+	k := bytes.Clone(key)
+	iss := &Issuer{
+		key:        k,
 		accessTTL:  o.AccessTTL,
 		refreshTTL: o.RefreshTTL,
 		now:        o.Now,
@@ -181,7 +186,9 @@ func NewIssuer(key []byte, o Options) (*Issuer, error) {
 			jwt.WithStrictDecoding(),
 			jwt.WithTimeFunc(o.Now),
 		),
-	}, nil
+	}
+	iss.macs.New = func() any { return hmac.New(sha256.New, k) }
+	return iss, nil
 }
 
 // AccessTTL is the access-token lifetime (the login answer's expires_in).
@@ -259,14 +266,19 @@ func (i *Issuer) Verify(raw string, want Type) (*Claims, error) {
 		}
 		return c, nil
 	}
-	c := new(Claims)
-	_, err := i.parser.ParseWithClaims(raw, c, func(*jwt.Token) (any, error) { return i.key, nil })
+	c, err, fast := i.fastVerify(raw)
+	if !fast {
+		c = new(Claims)
+		_, err = i.parser.ParseWithClaims(raw, c, func(*jwt.Token) (any, error) { return i.key, nil })
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return nil, ErrMalformed
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return nil, ErrExpired
+	case errors.Is(err, ErrExpired), errors.Is(err, ErrInvalid):
+		return nil, err
 	default:
 		return nil, ErrInvalid
 	}

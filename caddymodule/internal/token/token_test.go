@@ -375,3 +375,70 @@ func BenchmarkVerifyUncached(b *testing.B) {
 		}
 	}
 }
+
+// FuzzDecodeClaims holds the hand-written claims reader to encoding/json.
+func FuzzDecodeClaims(f *testing.F) {
+	for _, s := range []string{
+		`{"sub":1,"username":"201","role":"user","iat":1,"exp":2,"type":"access","jti":"a","sid":"b"}`,
+		`{"sub":"1","username":"201"}`, `{}`, ` { "exp" : 5 , "exp":6 } `, `{"sub":01}`, `{"iat":1.5}`,
+		`{"username":"a\"b"}`, `{"x":{"y":1}}`, `{"sub":-3}`, `{"role":null}`, `{"exp":"1"}`, `[1]`, `{"a":1}x`,
+		`{"sub":99999999999999999999}`, `{"username":"é"}`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var fast, std Claims
+		errFast := decodeClaims([]byte(s), &fast)
+		errStd := json.Unmarshal([]byte(s), &std)
+		if (errFast == nil) != (errStd == nil) {
+			t.Fatalf("%q: fast err %v, encoding/json err %v", s, errFast, errStd)
+		}
+		if errStd == nil && fast != std {
+			t.Fatalf("%q: fast %+v, encoding/json %+v", s, fast, std)
+		}
+	})
+}
+
+// FuzzFastMatchesParser holds the fast path to golang-jwt's parser: any payload, signed under
+// our key with either known header (or signed wrongly), must get the same verdict and the
+// same claims from both.
+func FuzzFastMatchesParser(f *testing.F) {
+	now := time.Unix(1_900_000_000, 0)
+	for _, s := range []string{
+		`{"sub":1,"username":"201","role":"user","iat":1900000000,"exp":1900003600,"type":"access"}`,
+		`{"sub":"1","username":"201","iat":1900000100,"exp":1900003600,"type":"access"}`,
+		`{"sub":1,"username":"201","iat":1899999000,"exp":1899999999,"type":"access"}`,
+		`{"sub":1,"username":"","exp":1900003600,"type":"access"}`, `{"exp":1.5}`, `{"EXP":1900003600}`, `[]`, `x`,
+	} {
+		f.Add(s, true, true)
+		f.Add(s, false, false)
+	}
+	f.Fuzz(func(t *testing.T, payload string, php, goodSig bool) {
+		header := `{"alg":"HS256","typ":"JWT"}`
+		if php {
+			header = `{"typ":"JWT","alg":"HS256"}`
+		}
+		key := testKey
+		if !goodSig {
+			key = []byte(strings.Repeat("z", 64))
+		}
+		tok := sign(header, payload, key)
+		iss, _ := NewIssuer(testKey, Options{Leeway: 5 * time.Second, Now: func() time.Time { return now }})
+		iss.cache = nil
+		fastClaims, fastErr, handled := iss.fastVerify(tok)
+		if !handled {
+			return // the parser decides it anyway
+		}
+		ref := new(Claims)
+		_, refErr := iss.parser.ParseWithClaims(tok, ref, func(*jwt.Token) (any, error) { return testKey, nil })
+		if (fastErr == nil) != (refErr == nil) {
+			t.Fatalf("%s: fast %v, golang-jwt %v", payload, fastErr, refErr)
+		}
+		if errors.Is(refErr, jwt.ErrTokenExpired) != errors.Is(fastErr, ErrExpired) {
+			t.Fatalf("%s: expiry verdicts differ: fast %v, golang-jwt %v", payload, fastErr, refErr)
+		}
+		if fastErr == nil && *fastClaims != *ref {
+			t.Fatalf("%s: claims differ: %+v vs %+v", payload, fastClaims, ref)
+		}
+	})
+}
