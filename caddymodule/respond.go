@@ -66,11 +66,6 @@ func writeRaw(w http.ResponseWriter, status int, body []byte) {
 // successJSON is the bare success answer, encoded once.
 var successJSON = []byte(`{"success":true}` + "\n")
 
-// successBody is the bare success answer as a value (for tests and composition).
-var successBody = struct {
-	Success bool `json:"success"`
-}{true}
-
 type errorBody struct {
 	Success   bool   `json:"success"`
 	Error     string `json:"error"`

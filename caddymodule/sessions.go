@@ -101,17 +101,6 @@ func (l *liveSessions) sample() map[string]*liveSub {
 	return out
 }
 
-// count is the number of live subscribers.
-func (l *liveSessions) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, m := range l.subs {
-		n += len(m)
-	}
-	return n
-}
-
 // sweepRevoked cuts streams whose session was revoked elsewhere (another gateway sharing
 // the store, a logout-everywhere, reuse of a rotated refresh token) every interval; a logout
 // on this gateway cuts its own streams at once without waiting for this.

@@ -103,12 +103,3 @@ func (s *Static) Lookup(_ context.Context, username string) (*User, error) {
 
 // Len is the number of users.
 func (s *Static) Len() int { return len(s.byName) }
-
-// All returns the users (for presence seeding), in no particular order.
-func (s *Static) All() []*User {
-	out := make([]*User, 0, len(s.byName))
-	for _, u := range s.byName {
-		out = append(out, u)
-	}
-	return out
-}
