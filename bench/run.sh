@@ -220,6 +220,9 @@ sipprate() {
 		good=$rate
 		best=$(echo "$verdict" | cut -d' ' -f2)
 	done
+	if [ "$bad" = 0 ]; then
+		best="≥ $best" # sustained every step: its ceiling is above the highest rate tried
+	fi
 	# Between the last sustained step and the first failed one, halve the gap twice.
 	if [ "$bad" -gt 0 ] && [ "$SMOKE" = 0 ]; then
 		for _ in 1 2; do
