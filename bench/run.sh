@@ -293,7 +293,7 @@ for store in memory redis; do
 	waitport "$HPORT"
 	S_RATE=$(sipprate "127.0.0.1:$SPORT")
 	stop "$SCPID"
-	say "| sipsidecar, $store store, callback answered by the gateway | $S_RATE | $(python3 -c "print(f'{$S_RATE/max($K_RATE,1):.2f}×')") |"
+	say "| sipsidecar, $store store, callback answered by the gateway | $S_RATE | $(python3 -c "print(f'{${S_RATE//[^0-9]/}/max(${K_RATE//[^0-9]/},1):.2f}×')") |"
 done
 stop "$GWPID"
 say ""
