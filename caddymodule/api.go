@@ -233,18 +233,10 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request) error {
 	if v == verdictOK {
 		c, v = app.check(r, raw, token.Refresh)
 	}
-	switch v {
-	case verdictOK:
-	case verdictWrongType:
+	if v == verdictWrongType {
 		metrics.refreshes.WithLabelValues(v.String()).Inc()
-		challenge(w, "insufficient_scope")
-		writeError(w, http.StatusForbidden, msgRefreshWrongType, now)
-		return nil
-	case verdictUnavailable:
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
-	default:
-		deny(w, v, msgRefreshBadToken, now)
+	}
+	if refuse(w, v, msgRefreshWrongType, msgRefreshBadToken, now) {
 		return nil
 	}
 	u, err := app.lookupUser(r.Context(), c.Username)
@@ -321,19 +313,9 @@ func (a *API) rotate(w http.ResponseWriter, r *http.Request, u *users.User, c *t
 // logout revokes the whole login session: its access and refresh tokens both die.
 func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
-	c, v := a.authenticate(r, token.Access, headerOnly)
+	c, v := app.authenticate(r, token.Access, headerOnly)
 	metrics.logouts.WithLabelValues(v.String()).Inc()
-	switch v {
-	case verdictOK:
-	case verdictWrongType:
-		challenge(w, "insufficient_scope")
-		writeError(w, http.StatusForbidden, msgWrongType, now)
-		return nil
-	case verdictUnavailable:
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
-	default:
-		deny(w, v, msgUnauthorized, now)
+	if refuse(w, v, msgWrongType, msgUnauthorized, now) {
 		return nil
 	}
 	// The session's refresh token can live until iat + refresh_ttl (+ leeway).
@@ -361,19 +343,9 @@ type profileUser struct {
 // profile answers who the access token belongs to.
 func (a *API) profile(w http.ResponseWriter, r *http.Request) error {
 	now := a.app.now()
-	c, v := a.authenticate(r, token.Access, headerOnly)
+	c, v := a.app.authenticate(r, token.Access, headerOnly)
 	countCheck(siteAPI, v)
-	switch v {
-	case verdictOK:
-	case verdictWrongType:
-		challenge(w, "insufficient_scope")
-		writeError(w, http.StatusForbidden, msgWrongType, now)
-		return nil
-	case verdictUnavailable:
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
-	default:
-		deny(w, v, msgProfileNoToken, now)
+	if refuse(w, v, msgWrongType, msgProfileNoToken, now) {
 		return nil
 	}
 	writeJSON(w, http.StatusOK, struct {
@@ -397,24 +369,12 @@ func (a *API) health(w http.ResponseWriter, _ *http.Request) error {
 // for <audio src="…?authorization=…"> links), 401/403 otherwise.
 func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
-	c, v := a.authenticate(r, token.Access, headerOrAnyQuery)
+	c, v := app.authenticate(r, token.Access, headerOrAnyQuery)
 	countCheck(siteMedia, v)
-	switch v {
-	case verdictOK:
-	case verdictWrongType:
-		app.event(seclog.MediaAccessDenied, "Media access denied: refresh token used for user: "+c.Username, clientIP(r))
-		challenge(w, "insufficient_scope")
-		writeError(w, http.StatusForbidden, msgWrongType, now)
-		return nil
-	case verdictUnavailable:
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
-	default:
-		app.event(seclog.MediaAccessDenied, "Media access denied: "+v.String(), clientIP(r))
-		deny(w, v, msgUnauthorized, now)
+	app.mediaDecision(r, c, v)
+	if refuse(w, v, msgWrongType, msgUnauthorized, now) {
 		return nil
 	}
-	app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
 	setIdentityHeaders(w.Header(), c)
 	if r.Header.Get("X-Forwarded-Uri") != "" && r.Header.Get("X-Forwarded-Method") != "" {
 		// A forward_auth subrequest reads only the status and headers, and Caddy closes the
@@ -428,6 +388,37 @@ func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeRaw(w, http.StatusOK, successJSON)
 	return nil
+}
+
+// refuse answers every verdict but verdictOK as the contract wants and reports whether it
+// did: a token of the other type is 403 wrongType, a store that cannot be read 503, anything
+// else goes to deny with msg.
+func refuse(w http.ResponseWriter, v verdict, wrongType, msg string, now time.Time) bool {
+	switch v {
+	case verdictOK:
+		return false
+	case verdictWrongType:
+		challenge(w, "insufficient_scope")
+		writeError(w, http.StatusForbidden, wrongType, now)
+	case verdictUnavailable:
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+	default:
+		deny(w, v, msg, now)
+	}
+	return true
+}
+
+// mediaDecision writes the security events of a media check (grant, or denial with why).
+func (app *App) mediaDecision(r *http.Request, c *token.Claims, v verdict) {
+	switch v {
+	case verdictOK:
+		app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
+	case verdictWrongType:
+		app.event(seclog.MediaAccessDenied, "Media access denied: refresh token used for user: "+c.Username, clientIP(r))
+	case verdictUnavailable:
+	default:
+		app.event(seclog.MediaAccessDenied, "Media access denied: "+v.String(), clientIP(r))
+	}
 }
 
 // deny answers 401 (or 400 for two tokens) with the matching challenge.

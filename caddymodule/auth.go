@@ -45,12 +45,12 @@ var queryTokenParams = [...]string{"authorization", "token", "access_token"}
 // authenticate finds exactly one token, verifies it for want and checks its session is not
 // revoked. The store is only read. The claims are returned with verdictWrongType too, so a
 // caller can name the user in its log line.
-func (a *API) authenticate(r *http.Request, want token.Type, from tokenSources) (*token.Claims, verdict) {
+func (app *App) authenticate(r *http.Request, want token.Type, from tokenSources) (*token.Claims, verdict) {
 	raw, v := findToken(r, from)
 	if v != verdictOK {
 		return nil, v
 	}
-	return a.app.check(r, raw, want)
+	return app.check(r, raw, want)
 }
 
 // check verifies raw and consults the revocation store.

@@ -9,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/seclog"
 	"github.com/softphone-gateway/softphone-gateway/caddymodule/internal/token"
 )
 
@@ -46,28 +45,12 @@ func (g *Guard) Provision(ctx caddy.Context) error {
 // ServeHTTP checks the token and calls next, or answers 400/401/403/503.
 func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	app, now := g.app, g.app.now()
-	raw, v := findToken(r, headerOrQuery)
-	var c *token.Claims
-	if v == verdictOK {
-		c, v = app.check(r, raw, token.Access)
-	}
+	c, v := app.authenticate(r, token.Access, headerOrQuery)
 	countCheck(siteGuard, v)
-	switch v {
-	case verdictOK:
-	case verdictWrongType:
-		app.event(seclog.MediaAccessDenied, "Media access denied: refresh token used for user: "+c.Username, clientIP(r))
-		challenge(w, "insufficient_scope")
-		writeError(w, http.StatusForbidden, msgWrongType, now)
-		return nil
-	case verdictUnavailable:
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
-	default:
-		app.event(seclog.MediaAccessDenied, "Media access denied: "+v.String(), clientIP(r))
-		deny(w, v, msgUnauthorized, now)
+	app.mediaDecision(r, c, v)
+	if refuse(w, v, msgWrongType, msgUnauthorized, now) {
 		return nil
 	}
-	app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
 
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set("http.auth.user.id", string(c.Subject))

@@ -147,27 +147,18 @@ func (a *API) subscribe(w http.ResponseWriter, r *http.Request, ch string) error
 		writeError(w, http.StatusNotFound, msgUnknownChannel, now)
 		return nil
 	}
-	raw, v := findToken(r, headerOrQuery)
-	var c *token.Claims
-	if v == verdictOK {
-		c, v = app.check(r, raw, token.Access)
-	}
+	c, v := app.authenticate(r, token.Access, headerOrQuery)
 	countCheck(siteSubscribe, v)
 	switch v {
-	case verdictOK:
+	case verdictOK, verdictUnavailable:
 	case verdictWrongType:
 		metrics.subscriptions.WithLabelValues("denied").Inc()
 		app.event(seclog.NchanSubAccessDenied, "Subscription to "+ch+" denied: refresh token used for user: "+c.Username, clientIP(r))
-		challenge(w, "insufficient_scope")
-		writeError(w, http.StatusForbidden, msgWrongType, now)
-		return nil
-	case verdictUnavailable:
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
 	default:
 		metrics.subscriptions.WithLabelValues("denied").Inc()
 		app.event(seclog.NchanSubAccessDenied, "Subscription to "+ch+" denied: "+v.String(), clientIP(r))
-		deny(w, v, msgUnauthorized, now)
+	}
+	if refuse(w, v, msgWrongType, msgUnauthorized, now) {
 		return nil
 	}
 	metrics.subscriptions.WithLabelValues("ok").Inc()
@@ -192,19 +183,9 @@ func (a *API) subscribe(w http.ResponseWriter, r *http.Request, ch string) error
 // users answers the profile plus the last users-state snapshot.
 func (a *API) users(w http.ResponseWriter, r *http.Request) error {
 	now := a.app.now()
-	c, v := a.authenticate(r, token.Access, headerOnly)
+	c, v := a.app.authenticate(r, token.Access, headerOnly)
 	countCheck(siteAPI, v)
-	switch v {
-	case verdictOK:
-	case verdictWrongType:
-		challenge(w, "insufficient_scope")
-		writeError(w, http.StatusForbidden, msgWrongType, now)
-		return nil
-	case verdictUnavailable:
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
-	default:
-		deny(w, v, msgProfileNoToken, now)
+	if refuse(w, v, msgWrongType, msgProfileNoToken, now) {
 		return nil
 	}
 	statuses := []json.RawMessage{}
