@@ -1,9 +1,11 @@
 package caddymodule
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -78,7 +80,7 @@ var sipAuthFailed = sipAuthAnswer{Status: "fail", Msg: "authentication failed"}
 func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
 	cfg := app.SIPAuth
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSIPAuthBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSIPAuthBatchBody))
 	if err != nil {
 		writeError(w, http.StatusRequestEntityTooLarge, msgTooLarge, now)
 		return nil
@@ -95,6 +97,13 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 		writeError(w, http.StatusForbidden, msgForbidden, now)
 		return nil
 	}
+	if b := bytes.TrimLeft(body, " \t\r\n"); len(b) > 0 && b[0] == '[' {
+		return a.sipAuthBatch(w, r, body)
+	}
+	if len(body) > maxSIPAuthBody {
+		writeError(w, http.StatusRequestEntityTooLarge, msgTooLarge, now)
+		return nil
+	}
 	var req sipAuthRequest
 	if err := decodeStrictJSON(body, &req); err != nil {
 		metrics.sipAuth.WithLabelValues("bad_request").Inc()
@@ -107,19 +116,79 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 		writeError(w, http.StatusBadRequest, msgBadRequest, now)
 		return nil
 	}
+	ans, err := a.decideSIPAuth(r, &req, creds)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+		return nil
+	}
+	w.Header()[sipAuthBatchHeader] = sipAuthBatchOffer
+	writeJSON(w, http.StatusOK, ans)
+	return nil
+}
 
+// The batch form of the callback, an extension our sidecar uses once it has seen
+// sipAuthBatchHeader on an answer: a JSON array of callback bodies (at most maxSIPAuthBatch)
+// answered by an array of answers in the same order. One HTTP exchange then carries many
+// REGISTERs' digests, which is what the callback costs under load. A jambonz hook never
+// sees it.
+const (
+	maxSIPAuthBatch     = 64
+	maxSIPAuthBatchBody = 256 << 10
+	sipAuthBatchHeader  = "Softphone-Auth-Batch"
+)
+
+var sipAuthBatchOffer = []string{strconv.Itoa(maxSIPAuthBatch)}
+
+// sipAuthBatch answers a batch. A malformed element is answered "fail" on its own, so one
+// phone's odd digest cannot spoil the verdicts of the others in its batch.
+func (a *API) sipAuthBatch(w http.ResponseWriter, r *http.Request, body []byte) error {
+	now := a.app.now()
+	var items []json.RawMessage
+	if err := json.Unmarshal(body, &items); err != nil || len(items) == 0 || len(items) > maxSIPAuthBatch {
+		metrics.sipAuth.WithLabelValues("bad_request").Inc()
+		writeError(w, http.StatusBadRequest, msgBadRequest, now)
+		return nil
+	}
+	answers := make([]sipAuthAnswer, len(items))
+	for i, raw := range items {
+		var req sipAuthRequest
+		if len(raw) > maxSIPAuthBody || decodeStrictJSON(raw, &req) != nil {
+			metrics.sipAuth.WithLabelValues("bad_request").Inc()
+			answers[i] = sipAuthFailed
+			continue
+		}
+		creds, err := req.credentials()
+		if err != nil {
+			metrics.sipAuth.WithLabelValues("bad_request").Inc()
+			answers[i] = sipAuthFailed
+			continue
+		}
+		ans, err := a.decideSIPAuth(r, &req, creds)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
+			return nil
+		}
+		answers[i] = ans
+	}
+	w.Header()[sipAuthBatchHeader] = sipAuthBatchOffer
+	writeJSON(w, http.StatusOK, answers)
+	return nil
+}
+
+// decideSIPAuth gives the verdict on one well-formed callback; an error means the user
+// backends could not be read.
+func (a *API) decideSIPAuth(r *http.Request, req *sipAuthRequest, creds sipdigest.Credentials) (sipAuthAnswer, error) {
+	app, cfg := a.app, a.app.SIPAuth
 	u, err := app.lookupUser(r.Context(), req.Username)
 	if err != nil {
 		a.logger.Error("looking up user", zap.Error(err))
 		metrics.sipAuth.WithLabelValues("error").Inc()
-		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
-		return nil
+		return sipAuthAnswer{}, err
 	}
 	if !digestMatches(u, creds, req.Method) || !u.IsEnabled() {
 		metrics.sipAuth.WithLabelValues("fail").Inc()
 		app.event(seclog.AuthFailed, "Failed SIP registration for user: "+req.Username, req.SourceAddress)
-		writeJSON(w, http.StatusOK, sipAuthFailed)
-		return nil
+		return sipAuthFailed, nil
 	}
 	ans := sipAuthAnswer{
 		Status:         "ok",
@@ -132,8 +201,7 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 		ans.Expires = &cfg.MaxExpires
 	}
 	metrics.sipAuth.WithLabelValues("ok").Inc()
-	writeJSON(w, http.StatusOK, ans)
-	return nil
+	return ans, nil
 }
 
 // credentials checks the body's shape and turns it into digest credentials.

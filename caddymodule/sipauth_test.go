@@ -147,6 +147,13 @@ func TestSIPAuthSignature(t *testing.T) {
 			wantError(t, g.do("POST", url, body, hdr...), 403, "Forbidden")
 		})
 	}
+	batch := "[" + body + "]"
+	t.Run("refused: a batch signed as its single element", func(t *testing.T) {
+		wantError(t, g.do("POST", url, batch, sign(secret, body, now)), 403, "Forbidden")
+	})
+	if r := g.do("POST", url, batch, sign(secret, batch, now)); r.Status != 200 || !strings.Contains(r.Raw, `"ok"`) {
+		t.Fatalf("signed batch: %d %s", r.Status, r.Raw)
+	}
 }
 
 func TestLoopbackPeer(t *testing.T) {
@@ -162,4 +169,68 @@ func TestLoopbackPeer(t *testing.T) {
 			t.Errorf("loopbackPeer(%q) = %v, want %v", addr, got, want)
 		}
 	}
+}
+
+// The batch form carries many callbacks in one exchange: answers come back in order, one
+// per element, and one malformed element spoils no other's verdict.
+func TestSIPAuthBatch(t *testing.T) {
+	g := startGateway(t, "sip_auth {\n max_expires 1800\n}", "softphone_api")
+	url := g.API + "/sip/auth"
+	good := mustJSON(digestBody(t, "201", "b749601f329a635a19c4a87bc359be3d", "pbx.example.com", "MD5", "auth"))
+	good2 := mustJSON(digestBody(t, "202", "secret-202", "pbx.example.com", "SHA-256", "auth"))
+	wrong := mustJSON(digestBody(t, "201", "not-the-secret", "pbx.example.com", "MD5", "auth"))
+	malformed := mustJSON(without(digestBody(t, "201", "x", "r", "MD5", "auth"), "response"))
+
+	t.Run("single answers offer batches", func(t *testing.T) {
+		r := g.do("POST", url, good)
+		if r.Status != 200 || r.Header.Get("Softphone-Auth-Batch") != "64" {
+			t.Fatalf("%d %v %s", r.Status, r.Header, r.Raw)
+		}
+	})
+
+	t.Run("answers in order, a bad element fails alone", func(t *testing.T) {
+		r := g.do("POST", url, "["+good+","+wrong+","+malformed+","+good2+`,"text",null,{}]`)
+		if r.Status != 200 {
+			t.Fatalf("%d %s", r.Status, r.Raw)
+		}
+		var answers []map[string]any
+		if err := json.Unmarshal([]byte(r.Raw), &answers); err != nil {
+			t.Fatalf("%v: %s", err, r.Raw)
+		}
+		want := []string{"ok", "fail", "fail", "ok", "fail", "fail", "fail"}
+		if len(answers) != len(want) {
+			t.Fatalf("%d answers for %d elements: %s", len(answers), len(want), r.Raw)
+		}
+		for i, w := range want {
+			if answers[i]["status"] != w {
+				t.Fatalf("element %d: %v, want %s (%s)", i, answers[i], w, r.Raw)
+			}
+		}
+		if answers[0]["expires"] != 1800.0 || answers[0]["display_name"] == "" {
+			t.Fatalf("ok answer lacks its fields: %v", answers[0])
+		}
+	})
+
+	many := "[" + strings.TrimSuffix(strings.Repeat(good+",", 65), ",") + "]"
+	for name, body := range map[string]string{
+		"empty array":      "[]",
+		"not JSON":         "[{",
+		"too many":         many,
+		"trailing garbage": "[" + good + "]]",
+		"array of arrays":  "[[" + good + "]]x",
+	} {
+		t.Run("400: "+name, func(t *testing.T) {
+			wantError(t, g.do("POST", url, body), 400, "Bad request")
+		})
+	}
+	t.Run("413: oversized batch", func(t *testing.T) {
+		wantError(t, g.do("POST", url, "["+strings.Repeat(" ", 300<<10)+good+"]"), 413, "Request body too large")
+	})
+	t.Run("an oversized element fails alone", func(t *testing.T) {
+		big := mustJSON(with(digestBody(t, "201", "x", "r", "MD5", "auth"), "uri", strings.Repeat("u", 9000)))
+		r := g.do("POST", url, "["+big+","+good+"]")
+		if r.Status != 200 || !strings.Contains(r.Raw, `"fail"`) || !strings.Contains(r.Raw, `"ok"`) {
+			t.Fatalf("%d %s", r.Status, r.Raw)
+		}
+	})
 }

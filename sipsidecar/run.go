@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/authhook"
@@ -23,6 +22,7 @@ import (
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/ops"
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/presence"
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/registrar"
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/sipserver"
 )
 
 // bound tells a caller (the tests) where the listeners ended up.
@@ -107,31 +107,13 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	})
 	wg.Go(func() { reg.RunExpiry(bg, time.Second) })
 
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("softphone-gateway sipsidecar"))
-	if err != nil {
-		return err
-	}
-	defer ua.Close()
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(log.With("component", "sipgo")))
-	if err != nil {
-		return err
-	}
-	var inflight sync.WaitGroup
-	handle := func(req *sip.Request, tx sip.ServerTransaction) {
-		inflight.Add(1)
-		defer inflight.Done()
-		res := reg.Handle(ctx, req, source(req))
-		if res == nil {
-			return
-		}
-		if err := tx.Respond(res); err != nil {
-			log.Debug("sending response", "err", err)
-		}
-	}
-	srv.OnRegister(handle)
-	srv.OnOptions(handle)
-	srv.OnNoRoute(handle)
-	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
+	srv := sipserver.New(sipserver.Options{
+		Handler:          func(req *sip.Request) *sip.Response { return reg.Handle(ctx, req, source(req)) },
+		Workers:          cfg.Workers,
+		Logger:           log.With("component", "sip"),
+		OnRetransmission: m.Retransmission,
+	})
+	defer srv.Close()
 
 	b := bound{SIP: map[string]string{}}
 	var closers []func() error
@@ -139,7 +121,11 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	for _, l := range cfg.Listen {
 		switch l.Network {
 		case "udp":
-			pc, err := net.ListenPacket("udp", l.Addr)
+			addr, err := net.ResolveUDPAddr("udp", l.Addr)
+			if err != nil {
+				return fmt.Errorf("SIPSIDECAR_LISTEN %s:%s: %w", l.Network, l.Addr, err)
+			}
+			pc, err := net.ListenUDP("udp", addr)
 			if err != nil {
 				return fmt.Errorf("SIPSIDECAR_LISTEN %s:%s: %w", l.Network, l.Addr, err)
 			}
@@ -193,12 +179,11 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	defer cancel()
 	hsrv.Shutdown(sctx)
 	done := make(chan struct{})
-	go func() { inflight.Wait(); close(done) }()
+	go func() { srv.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-sctx.Done():
 	}
-	srv.Close()
 	stopBG()
 	return runErr
 }

@@ -15,6 +15,8 @@ import (
 	"net/http"
 	neturl "net/url"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -71,8 +73,20 @@ type Client struct {
 	http      *http.Client
 	slots     chan struct{}
 	queueWait time.Duration
+	timeout   time.Duration
 	now       func() time.Time
+	maxBatch  int
+	batch     atomic.Int32 // callbacks per request the hook takes; <= 1: one at a time
+
+	mu      sync.Mutex
+	queue   []*pending // callbacks waiting for a batch
+	senders int        // batch senders running
 }
+
+// BatchHeader is the answer header by which a hook says it takes a JSON array of callback
+// bodies, up to the number it gives, and answers with an array of answers in order. Our
+// gateway sends it; a jambonz hook does not, and gets one callback per request.
+const BatchHeader = "Softphone-Auth-Batch"
 
 // Options configure a Client.
 type Options struct {
@@ -83,7 +97,10 @@ type Options struct {
 	Timeout     time.Duration // per callback; default 2s
 	Concurrency int           // callbacks in flight at most; default 128
 	QueueWait   time.Duration // how long a callback may wait for a free slot; default 250ms
-	Now         func() time.Time
+	// MaxBatch bounds the callbacks sent in one request once the hook offers batches
+	// (BatchHeader); default 64, 1 never batches.
+	MaxBatch int
+	Now      func() time.Time
 }
 
 // New returns a client.
@@ -104,6 +121,9 @@ func New(o Options) (*Client, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 64
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = o.Concurrency
 	tr.ResponseHeaderTimeout = o.Timeout
@@ -115,7 +135,9 @@ func New(o Options) (*Client, error) {
 		http:      &http.Client{Timeout: o.Timeout, Transport: tr, CheckRedirect: noRedirects},
 		slots:     make(chan struct{}, o.Concurrency),
 		queueWait: o.QueueWait,
+		timeout:   o.Timeout,
 		now:       o.Now,
+		maxBatch:  o.MaxBatch,
 	}, nil
 }
 
@@ -138,6 +160,10 @@ func Sign(secret []byte, body []byte, t time.Time) string {
 // of getting no verdict is an error wrapping ErrUnavailable. When the configured number of
 // callbacks is already in flight it waits at most QueueWait for a slot (a burst is smoothed,
 // a flood is refused), so the hook never sees more than that number at once.
+//
+// Once the hook has said it takes batches (the BatchHeader on an answer), callbacks that
+// arrive while others are on the wire travel together in one request: a JSON array of
+// bodies, answered by an array of answers in the same order.
 func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 	select {
 	case c.slots <- struct{}{}:
@@ -158,9 +184,21 @@ func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 	if err != nil {
 		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	if c.batch.Load() > 1 {
+		return c.viaBatch(ctx, body)
+	}
+	raw, err := c.post(ctx, body)
+	if err != nil {
+		return Verdict{}, err
+	}
+	return decodeVerdict(raw)
+}
+
+// post sends one callback request and returns the answer's body.
+func (c *Client) post(ctx context.Context, body []byte) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
 	if err != nil {
-		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if len(c.secret) > 0 {
@@ -175,19 +213,44 @@ func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 		if errors.As(err, &ue) { // its text repeats the URL; keep the cause only
 			err = ue.Err
 		}
-		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
+	limit := int64(maxAnswer)
+	if body[0] == '[' {
+		limit *= int64(c.maxBatch)
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return Verdict{}, fmt.Errorf("%w: reading answer: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: reading answer: %v", ErrUnavailable, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return Verdict{}, fmt.Errorf("%w: status %d", ErrUnavailable, resp.StatusCode)
+		return nil, fmt.Errorf("%w: status %d", ErrUnavailable, resp.StatusCode)
 	}
-	if len(raw) > maxAnswer {
-		return Verdict{}, fmt.Errorf("%w: answer larger than %d bytes", ErrUnavailable, maxAnswer)
+	if int64(len(raw)) > limit {
+		return nil, fmt.Errorf("%w: answer larger than %d bytes", ErrUnavailable, limit)
 	}
+	c.learn(resp.Header.Get(BatchHeader))
+	return raw, nil
+}
+
+// learn takes the batch size the hook offers, bounded by MaxBatch.
+func (c *Client) learn(v string) {
+	if v == "" || c.maxBatch <= 1 {
+		return
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 2 {
+		return
+	}
+	n = min(n, c.maxBatch)
+	if int(c.batch.Load()) != n {
+		c.batch.Store(int32(n))
+	}
+}
+
+// decodeVerdict reads one answer object.
+func decodeVerdict(raw []byte) (Verdict, error) {
 	var a answer
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&a); err != nil || dec.More() {
@@ -207,4 +270,92 @@ func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 		return Verdict{OK: false, Msg: a.Msg}, nil
 	}
 	return Verdict{}, fmt.Errorf("%w: unknown status %q", ErrUnavailable, a.Status)
+}
+
+// pending is one callback waiting for its batch.
+type pending struct {
+	body []byte
+	done chan outcome // buffered: the sender never waits for a caller that gave up
+}
+
+type outcome struct {
+	v   Verdict
+	err error
+}
+
+// batchSenders is how many batch requests may be on the wire at once. Few senders make
+// batches large under load (the point: one HTTP exchange for many callbacks) while a lone
+// callback still leaves at once in a batch of one.
+const batchSenders = 2
+
+// viaBatch queues body for the next batch and waits for its verdict.
+func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
+	p := &pending{body: body, done: make(chan outcome, 1)}
+	c.mu.Lock()
+	c.queue = append(c.queue, p)
+	start := c.senders < batchSenders
+	if start {
+		c.senders++
+	}
+	c.mu.Unlock()
+	if start {
+		go c.sendBatches()
+	}
+	select {
+	case o := <-p.done:
+		return o.v, o.err
+	case <-ctx.Done():
+		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+// sendBatches sends what is queued, a batch at a time, until the queue is empty.
+func (c *Client) sendBatches() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			c.senders--
+			c.mu.Unlock()
+			return
+		}
+		n := min(len(c.queue), int(c.batch.Load()), c.maxBatch)
+		n = max(n, 1)
+		batch := append([]*pending(nil), c.queue[:n]...)
+		c.queue = append(c.queue[:0], c.queue[n:]...)
+		c.mu.Unlock()
+		c.sendBatch(batch)
+	}
+}
+
+func (c *Client) sendBatch(batch []*pending) {
+	size := 2
+	for _, p := range batch {
+		size += len(p.body) + 1
+	}
+	body := make([]byte, 0, size)
+	body = append(body, '[')
+	for i, p := range batch {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, p.body...)
+	}
+	body = append(body, ']')
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	raw, err := c.post(ctx, body)
+	var answers []json.RawMessage
+	if err == nil {
+		if jerr := json.Unmarshal(raw, &answers); jerr != nil || len(answers) != len(batch) {
+			err = fmt.Errorf("%w: batch answer is not an array of %d answers", ErrUnavailable, len(batch))
+		}
+	}
+	for i, p := range batch {
+		if err != nil {
+			p.done <- outcome{err: err}
+			continue
+		}
+		v, verr := decodeVerdict(answers[i])
+		p.done <- outcome{v: v, err: verr}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -196,4 +197,188 @@ func TestBadURL(t *testing.T) {
 			t.Errorf("New(%q) accepted", u)
 		}
 	}
+}
+
+// batchHook answers single callbacks and arrays, verdict by username ("ok-…" passes), and
+// offers batches when offer is set. It counts requests and the largest batch.
+type batchHook struct {
+	offer    string
+	mu       sync.Mutex
+	requests int
+	arrays   int
+	largest  int
+	answer   func(n int) string // overrides the batch answer when set
+	hold     chan struct{}      // when set, the first request waits on it
+	held     bool
+}
+
+func (b *batchHook) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	b.mu.Lock()
+	b.requests++
+	wait := b.hold != nil && !b.held
+	b.held = b.held || wait
+	b.mu.Unlock()
+	if wait {
+		<-b.hold
+	}
+	if b.offer != "" {
+		w.Header().Set(BatchHeader, b.offer)
+	}
+	verdict := func(raw json.RawMessage) string {
+		var q Request
+		json.Unmarshal(raw, &q)
+		if strings.HasPrefix(q.Username, "ok-") {
+			return `{"status":"ok","display_name":"` + q.Username + `"}`
+		}
+		return `{"status":"fail","msg":"` + q.Username + `"}`
+	}
+	if len(body) > 0 && body[0] == '[' {
+		var items []json.RawMessage
+		json.Unmarshal(body, &items)
+		b.mu.Lock()
+		b.arrays++
+		b.largest = max(b.largest, len(items))
+		answer := b.answer
+		b.mu.Unlock()
+		if answer != nil {
+			io.WriteString(w, answer(len(items)))
+			return
+		}
+		out := make([]string, len(items))
+		for i, it := range items {
+			out[i] = verdict(it)
+		}
+		io.WriteString(w, "["+strings.Join(out, ",")+"]")
+		return
+	}
+	io.WriteString(w, verdict(body))
+}
+
+func named(name string) Request { r := req; r.Username = name; return r }
+
+func TestBatches(t *testing.T) {
+	t.Run("once offered, callbacks under way together share a request and keep their verdicts", func(t *testing.T) {
+		b := &batchHook{offer: "8", hold: make(chan struct{})}
+		srv := hook(t, b.serve)
+		c := client(t, Options{URL: srv.URL})
+		// The first (single) callback learns the offer.
+		first := make(chan error, 1)
+		go func() { _, err := c.Check(context.Background(), named("ok-first")); first <- err }()
+		time.Sleep(50 * time.Millisecond)
+		close(b.hold)
+		if err := <-first; err != nil {
+			t.Fatal(err)
+		}
+		b.mu.Lock()
+		b.hold, b.held = make(chan struct{}), false // hold the first batch so the rest queue up
+		b.mu.Unlock()
+		const n = 40
+		var wg sync.WaitGroup
+		errs := make(chan string, n)
+		for i := range n {
+			name := "ok-" + strconv.Itoa(i)
+			if i%3 == 0 {
+				name = "bad-" + strconv.Itoa(i)
+			}
+			wg.Go(func() {
+				v, err := c.Check(context.Background(), named(name))
+				switch {
+				case err != nil:
+					errs <- name + ": " + err.Error()
+				case v.OK != strings.HasPrefix(name, "ok-"):
+					errs <- name + ": wrong verdict"
+				case v.OK && v.DisplayName != name, !v.OK && v.Msg != name:
+					errs <- name + ": got another callback's answer"
+				}
+			})
+		}
+		time.Sleep(100 * time.Millisecond)
+		close(b.hold)
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Error(e)
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.arrays == 0 || b.largest < 2 || b.largest > 8 || b.requests >= n {
+			t.Fatalf("%d requests, %d arrays, largest %d: want batches of 2..8", b.requests, b.arrays, b.largest)
+		}
+	})
+
+	t.Run("a hook that offers nothing never gets an array", func(t *testing.T) {
+		b := &batchHook{}
+		c := client(t, Options{URL: hook(t, b.serve).URL})
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() { c.Check(context.Background(), named("ok-"+strconv.Itoa(i))) })
+		}
+		wg.Wait()
+		if b.arrays != 0 {
+			t.Fatalf("%d arrays sent to a hook that never offered them", b.arrays)
+		}
+	})
+
+	t.Run("MaxBatch 1 never batches", func(t *testing.T) {
+		b := &batchHook{offer: "64"}
+		c := client(t, Options{URL: hook(t, b.serve).URL, MaxBatch: 1})
+		for i := range 5 {
+			c.Check(context.Background(), named("ok-"+strconv.Itoa(i)))
+		}
+		if b.arrays != 0 {
+			t.Fatalf("%d arrays with MaxBatch 1", b.arrays)
+		}
+	})
+
+	for name, ans := range map[string]func(int) string{
+		"too few answers": func(n int) string {
+			return "[" + strings.TrimSuffix(strings.Repeat(`{"status":"ok"},`, n-1), ",") + "]"
+		},
+		"too many answers": func(n int) string { return "[" + strings.Repeat(`{"status":"ok"},`, n) + `{"status":"ok"}]` },
+		"not an array":     func(int) string { return `{"status":"ok"}` },
+		"garbage":          func(int) string { return `<html>` },
+	} {
+		t.Run("no verdict from a bad batch answer: "+name, func(t *testing.T) {
+			b := &batchHook{offer: "8"}
+			c := client(t, Options{URL: hook(t, b.serve).URL})
+			if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
+				t.Fatal(err)
+			}
+			b.mu.Lock()
+			b.answer = ans
+			b.mu.Unlock()
+			for i := range 3 {
+				if v, err := c.Check(context.Background(), named("ok-"+strconv.Itoa(i))); !errors.Is(err, ErrUnavailable) || v.OK {
+					t.Fatalf("verdict %+v, err %v: want ErrUnavailable", v, err)
+				}
+			}
+		})
+	}
+
+	t.Run("a batch is signed over its own body", func(t *testing.T) {
+		var bodies, sigs []string
+		var mu sync.Mutex
+		srv := hook(t, func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			bodies, sigs = append(bodies, string(body)), append(sigs, r.Header.Get("Jambonz-Signature"))
+			mu.Unlock()
+			w.Header().Set(BatchHeader, "4")
+			if body[0] == '[' {
+				io.WriteString(w, `[{"status":"ok"}]`)
+				return
+			}
+			io.WriteString(w, `{"status":"ok"}`)
+		})
+		now := time.Unix(1_700_000_000, 0)
+		c := client(t, Options{URL: srv.URL, Secret: "s3cret", Now: func() time.Time { return now }})
+		c.Check(context.Background(), req)
+		if _, err := c.Check(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+		if len(bodies) != 2 || bodies[1][0] != '[' || sigs[1] != Sign([]byte("s3cret"), []byte(bodies[1]), now) {
+			t.Fatalf("bodies %q, signatures %q", bodies, sigs)
+		}
+	})
 }

@@ -17,6 +17,7 @@ type Metrics struct {
 	expired      prometheus.Counter
 	publishes    *prometheus.CounterVec
 	webhooks     *prometheus.CounterVec
+	retransmits  *prometheus.CounterVec
 	Bindings     prometheus.GaugeFunc
 }
 
@@ -54,8 +55,12 @@ func New(liveAORs func() float64) *Metrics {
 			Namespace: "sipsidecar", Subsystem: "presence", Name: "webhooks_total",
 			Help: "Locator webhook deliveries, by result (ok, failed, dropped).",
 		}, []string{"result"}),
+		retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "sipsidecar", Name: "retransmissions_total",
+			Help: "UDP retransmissions answered by the transaction layer, by kind (absorbed: still being handled or answered with nothing; repeated: the same answer sent again).",
+		}, []string{"kind"}),
 	}
-	m.Registry.MustRegister(m.registers, m.dropped, m.hookCalls, m.hookDuration, m.expired, m.publishes, m.webhooks,
+	m.Registry.MustRegister(m.registers, m.dropped, m.hookCalls, m.hookDuration, m.expired, m.publishes, m.webhooks, m.retransmits,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if liveAORs != nil {
 		m.Bindings = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -69,6 +74,9 @@ func New(liveAORs func() float64) *Metrics {
 
 // Register counts a handled request.
 func (m *Metrics) Register(result string) { m.registers.WithLabelValues(result).Inc() }
+
+// Retransmission counts a retransmission answered without the registrar.
+func (m *Metrics) Retransmission(kind string) { m.retransmits.WithLabelValues(kind).Inc() }
 
 // Dropped counts a request dropped unanswered.
 func (m *Metrics) Dropped(reason string) { m.dropped.WithLabelValues(reason).Inc() }

@@ -1,0 +1,283 @@
+// Package sipserver moves SIP requests from the sockets to a handler and its answers back,
+// with the server side of RFC 3261's non-INVITE transactions done cheaply.
+//
+// A registrar answers every request with one final response and keeps no dialog, so a
+// full transaction machine per request (sipgo's: a goroutine, a state machine and timers
+// that live 32 s) is mostly cost. Over UDP this package reads with a fixed set of workers,
+// parses with sipgo's parser, and keeps only what RFC 3261 §17.2.2 needs: a retransmitted
+// request whose transaction is still being handled is absorbed, and one whose transaction
+// completed gets the same response bytes again for Timer J (32 s). TCP and WebSocket go
+// through sipgo's transport layer (connection handling, stream framing); they are reliable,
+// so a completed transaction has nothing to remember (Timer J is 0).
+package sipserver
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Handler answers a request; nil means send nothing.
+type Handler func(req *sip.Request) *sip.Response
+
+// Options configure a Server.
+type Options struct {
+	Handler Handler
+	// Workers is how many UDP requests are handled at once (each waits for the store and
+	// the auth hook in turn). Default 256. Stream transports use the same bound.
+	Workers int
+	// CacheBytes bounds the memory of remembered UDP answers. Default 128 MiB.
+	CacheBytes int
+	Logger     *slog.Logger
+	// OnRetransmission hears of every retransmission answered without the handler:
+	// "absorbed" (still being handled, or answered with nothing) or "repeated" (the same
+	// answer sent again). May be nil.
+	OnRetransmission func(kind string)
+	Now              func() time.Time
+}
+
+// Server serves SIP over UDP, TCP and WebSocket.
+type Server struct {
+	handler Handler
+	workers int
+	log     *slog.Logger
+	onRetx  func(string)
+	now     func() time.Time
+	parser  *sip.Parser
+	tx      *txCache
+
+	tp      *sip.TransportLayer // TCP and WebSocket
+	streams chan struct{}       // stream requests being handled
+	running sync.WaitGroup      // handlers under way
+}
+
+// New returns a Server.
+func New(o Options) *Server {
+	if o.Workers <= 0 {
+		o.Workers = 256
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.OnRetransmission == nil {
+		o.OnRetransmission = func(string) {}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{
+		handler: o.Handler, workers: o.Workers, log: o.Logger, onRetx: o.OnRetransmission, now: o.Now,
+		parser: sip.NewParser(), tx: newTxCache(o.CacheBytes), streams: make(chan struct{}, o.Workers),
+	}
+	s.tp = sip.NewTransportLayer(net.DefaultResolver, sip.NewParser(), nil, sip.WithTransportLayerLogger(o.Logger))
+	s.tp.OnMessage(s.onStreamMessage)
+	return s
+}
+
+// ServeUDP reads requests from pc until it is closed. Workers share the socket: each
+// reads one datagram, handles it and writes the answer, so the kernel's receive buffer is
+// the only queue and a flood beyond the workers' pace is dropped there, like any UDP
+// overload.
+func (s *Server) ServeUDP(pc *net.UDPConn) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, s.workers)
+	for range s.workers {
+		wg.Go(func() { errs <- s.readUDP(pc) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxDatagram is the largest UDP payload.
+const maxDatagram = 65507
+
+func (s *Server) readUDP(pc *net.UDPConn) error {
+	buf := make([]byte, maxDatagram+1)
+	out := &bytes.Buffer{}
+	for {
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		s.running.Add(1)
+		s.datagram(pc, buf[:n], from.Addr().Unmap(), from.Port(), out)
+		s.running.Done()
+	}
+}
+
+// datagram handles one UDP datagram.
+func (s *Server) datagram(pc *net.UDPConn, data []byte, ip netip.Addr, port uint16, out *bytes.Buffer) {
+	if len(bytes.Trim(data, "\r\n\x00 \t")) == 0 {
+		return // keep-alive (RFC 5626 §3.5.1 CRLF, or padding)
+	}
+	msg, err := s.parser.ParseSIP(data)
+	if err != nil {
+		// Never the datagram itself: it may carry a digest response.
+		s.log.Debug("unparsable datagram", "source", netip.AddrPortFrom(ip, port).String(), "bytes", len(data), "err", err)
+		return
+	}
+	req, ok := msg.(*sip.Request)
+	if !ok || req.IsAck() {
+		return // a registrar sends no requests, and answers nothing it would need an ACK for
+	}
+	from := netip.AddrPortFrom(ip, port)
+	req.SetTransport("UDP")
+	req.SetSource(from.String())
+
+	key := transactionKey(req, from)
+	if key != "" {
+		switch v, answer := s.tx.begin(key, s.now()); v {
+		case absorbed:
+			s.onRetx("absorbed")
+			return
+		case repeat:
+			s.onRetx("repeated")
+			pc.WriteToUDPAddrPort(answer, responseAddr(req, from))
+			return
+		}
+	}
+	res := s.handler(req)
+	if res == nil {
+		if key != "" {
+			s.tx.finish(key, nil, s.now())
+		}
+		return
+	}
+	out.Reset()
+	res.StringWrite(out)
+	if out.Len() > maxDatagram {
+		s.log.Warn("answer larger than a datagram, not sent", "status", res.StatusCode, "bytes", out.Len())
+		if key != "" {
+			s.tx.abandon(key)
+		}
+		return
+	}
+	if _, err := pc.WriteToUDPAddrPort(out.Bytes(), responseAddr(req, from)); err != nil {
+		s.log.Debug("sending answer", "err", err)
+	}
+	if key == "" {
+		return
+	}
+	if remember(res.StatusCode) {
+		s.tx.finish(key, out.Bytes(), s.now())
+	} else {
+		s.tx.abandon(key)
+	}
+}
+
+// remember says whether a final answer is kept for retransmissions. A challenge and a 503
+// are answered afresh: handling the request again has no effect and gives the phone a
+// fresh nonce or another try. Everything else may have changed state or counted a failure,
+// so a retransmission must see the same answer instead of being handled twice.
+func remember(code int) bool {
+	return code >= 200 && code != 401 && code != 407 && code != 503
+}
+
+// transactionKey identifies a request's server transaction (RFC 3261 §17.2.3): the top
+// Via's branch and sent-by, and the method; plus the source address, so a datagram from
+// elsewhere never gets another phone's answer. A branch without the RFC 3261 magic cookie
+// gives "": such a request is handled on its own every time.
+func transactionKey(req *sip.Request, from netip.AddrPort) string {
+	via := req.Via()
+	if via == nil {
+		return ""
+	}
+	branch, _ := via.Params.Get("branch")
+	if !strings.HasPrefix(branch, sip.RFC3261BranchMagicCookie) || len(branch) > 256 {
+		return ""
+	}
+	var b strings.Builder
+	b.Grow(len(req.Method) + len(branch) + len(via.Host) + 32)
+	b.WriteString(string(req.Method))
+	b.WriteByte(' ')
+	b.WriteString(branch)
+	b.WriteByte(' ')
+	b.WriteString(via.Host)
+	b.WriteByte(':')
+	b.WriteString(strconv.Itoa(via.Port))
+	b.WriteByte(' ')
+	b.WriteString(from.String())
+	return b.String()
+}
+
+// responseAddr is where a UDP answer goes (RFC 3261 §18.2.2 with RFC 3581): the source
+// address, and the source port when the phone asked for rport, else its Via port.
+func responseAddr(req *sip.Request, from netip.AddrPort) netip.AddrPort {
+	via := req.Via()
+	if via == nil || via.Params.Has("rport") {
+		return from
+	}
+	port := via.Port
+	if port <= 0 || port > 65535 {
+		port = 5060
+	}
+	return netip.AddrPortFrom(from.Addr(), uint16(port))
+}
+
+// ServeTCP serves SIP over TCP on ln until it is closed.
+func (s *Server) ServeTCP(ln net.Listener) error { return s.tp.ServeTCP(ln) }
+
+// ServeWS serves SIP over WebSocket (RFC 7118) on ln until it is closed.
+func (s *Server) ServeWS(ln net.Listener) error { return s.tp.ServeWS(ln) }
+
+// onStreamMessage runs in a connection's read loop. Requests are handled beside it while
+// fewer than Workers are under way, and in it beyond that, so a flood on one connection
+// slows that connection's reading instead of piling up goroutines.
+func (s *Server) onStreamMessage(msg sip.Message) {
+	req, ok := msg.(*sip.Request)
+	if !ok || req.IsAck() {
+		return
+	}
+	s.running.Add(1)
+	select {
+	case s.streams <- struct{}{}:
+		go func() {
+			defer func() { <-s.streams }()
+			s.stream(req)
+		}()
+	default:
+		s.stream(req)
+	}
+}
+
+func (s *Server) stream(req *sip.Request) {
+	defer s.running.Done()
+	res := s.handler(req)
+	if res == nil {
+		return
+	}
+	if err := s.tp.WriteMsg(res); err != nil {
+		s.log.Debug("sending answer", "transport", req.Transport(), "err", err)
+	}
+}
+
+// Wait returns when no handler is running (after the listeners are closed).
+func (s *Server) Wait() { s.running.Wait() }
+
+// Close closes the stream connections.
+func (s *Server) Close() error { return s.tp.Close() }
+
+// CacheStats reports the remembered UDP answers, the transactions in flight and the bytes
+// the answers take.
+func (s *Server) CacheStats() (answers, inflight, bytes int) { return s.tx.stats() }

@@ -1,0 +1,246 @@
+package sipserver
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// udpServer serves h on a loopback UDP port and returns its address.
+func udpServer(t *testing.T, h Handler) (*Server, *net.UDPAddr) {
+	t.Helper()
+	s := New(Options{Handler: h, Workers: 4})
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServeUDP(pc) }()
+	t.Cleanup(func() {
+		pc.Close()
+		if err := <-done; err != nil {
+			t.Errorf("ServeUDP: %v", err)
+		}
+		s.Wait()
+		s.Close()
+	})
+	return s, pc.LocalAddr().(*net.UDPAddr)
+}
+
+// phone is a UDP socket that sends requests as given and reads answers.
+type phone struct {
+	t    *testing.T
+	conn *net.UDPConn
+}
+
+func newPhone(t *testing.T) *phone {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &phone{t: t, conn: c}
+}
+
+func (p *phone) port() int { return p.conn.LocalAddr().(*net.UDPAddr).Port }
+
+func (p *phone) send(to *net.UDPAddr, msg string) {
+	p.t.Helper()
+	if _, err := p.conn.WriteToUDP([]byte(msg), to); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// read returns the next datagram, or "" after wait.
+func (p *phone) read(wait time.Duration) string {
+	buf := make([]byte, 65535)
+	p.conn.SetReadDeadline(time.Now().Add(wait))
+	n, _, err := p.conn.ReadFromUDP(buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
+}
+
+// register is a REGISTER from p with the given branch; viaParams follow the branch.
+func register(p *phone, branch, viaParams string) string {
+	port := p.port()
+	return "REGISTER sip:pbx.test SIP/2.0\r\n" +
+		"Via: SIP/2.0/UDP 127.0.0.1:" + strconv.Itoa(port) + ";branch=" + branch + viaParams + "\r\n" +
+		"Max-Forwards: 70\r\n" +
+		"From: <sip:201@pbx.test>;tag=a1\r\n" +
+		"To: <sip:201@pbx.test>\r\n" +
+		"Call-ID: call-" + branch + "\r\n" +
+		"CSeq: 1 REGISTER\r\n" +
+		"Contact: <sip:201@127.0.0.1:" + strconv.Itoa(port) + ">\r\n" +
+		"Content-Length: 0\r\n\r\n"
+}
+
+// counted wraps h with a count of its calls.
+func counted(h Handler) (Handler, *atomic.Int32) {
+	n := new(atomic.Int32)
+	return func(req *sip.Request) *sip.Response { n.Add(1); return h(req) }, n
+}
+
+func silent(*sip.Request) *sip.Response { return nil }
+
+func answer(code int) Handler {
+	return func(req *sip.Request) *sip.Response { return sip.NewResponseFromRequest(req, code, "X", nil) }
+}
+
+func TestUDPTransactions(t *testing.T) {
+	wait := 2 * time.Second
+	quiet := 150 * time.Millisecond
+
+	t.Run("a retransmission of a completed transaction gets the same bytes without the handler", func(t *testing.T) {
+		h, calls := counted(answer(200))
+		_, addr := udpServer(t, h)
+		p := newPhone(t)
+		msg := register(p, "z9hG4bK-one", ";rport")
+		p.send(addr, msg)
+		first := p.read(wait)
+		p.send(addr, msg)
+		second := p.read(wait)
+		if !strings.HasPrefix(first, "SIP/2.0 200") || first != second {
+			t.Fatalf("answers differ or missing:\n%q\n%q", first, second)
+		}
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("handler ran %d times, want 1", n)
+		}
+	})
+
+	t.Run("a retransmission while the handler runs is absorbed", func(t *testing.T) {
+		var calls atomic.Int32
+		release := make(chan struct{})
+		_, addr := udpServer(t, func(req *sip.Request) *sip.Response {
+			calls.Add(1)
+			<-release
+			return answer(200)(req)
+		})
+		p := newPhone(t)
+		msg := register(p, "z9hG4bK-slow", ";rport")
+		p.send(addr, msg)
+		time.Sleep(50 * time.Millisecond) // let a worker take it
+		p.send(addr, msg)
+		if got := p.read(quiet); got != "" {
+			t.Fatalf("answer before the handler finished: %q", got)
+		}
+		close(release)
+		if got := p.read(wait); !strings.HasPrefix(got, "SIP/2.0 200") {
+			t.Fatalf("no answer after release: %q", got)
+		}
+		if got := p.read(quiet); got != "" {
+			t.Fatalf("absorbed retransmission was answered too: %q", got)
+		}
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("handler ran %d times, want 1", n)
+		}
+	})
+
+	t.Run("a challenge is not remembered: a retransmission gets a fresh one", func(t *testing.T) {
+		h, calls := counted(answer(401))
+		_, addr := udpServer(t, h)
+		p := newPhone(t)
+		msg := register(p, "z9hG4bK-challenge", ";rport")
+		p.send(addr, msg)
+		p.read(wait)
+		p.send(addr, msg)
+		if got := p.read(wait); !strings.HasPrefix(got, "SIP/2.0 401") {
+			t.Fatalf("second answer: %q", got)
+		}
+		if n := calls.Load(); n != 2 {
+			t.Fatalf("handler ran %d times, want 2", n)
+		}
+	})
+
+	t.Run("the same branch from another address is another transaction", func(t *testing.T) {
+		// Attack: a third party replays a phone's request (same branch and Via) from its own
+		// address to collect the phone's remembered answer. It must get nothing remembered.
+		h, calls := counted(answer(200))
+		_, addr := udpServer(t, h)
+		victim, attacker := newPhone(t), newPhone(t)
+		msg := register(victim, "z9hG4bK-victim", ";rport")
+		victim.send(addr, msg)
+		victim.read(wait)
+		attacker.send(addr, msg)
+		attacker.read(wait)
+		if n := calls.Load(); n != 2 {
+			t.Fatalf("handler ran %d times, want 2 (the attacker's copy handled on its own)", n)
+		}
+	})
+
+	t.Run("a branch without the RFC 3261 cookie is handled every time", func(t *testing.T) {
+		h, calls := counted(answer(200))
+		_, addr := udpServer(t, h)
+		p := newPhone(t)
+		msg := register(p, "old-style-1", ";rport")
+		p.send(addr, msg)
+		p.read(wait)
+		p.send(addr, msg)
+		p.read(wait)
+		if n := calls.Load(); n != 2 {
+			t.Fatalf("handler ran %d times, want 2", n)
+		}
+	})
+
+	t.Run("answers go to the source port with rport, else to the Via port", func(t *testing.T) {
+		_, addr := udpServer(t, answer(200))
+		p, other := newPhone(t), newPhone(t)
+		p.send(addr, register(p, "z9hG4bK-rport", ";rport"))
+		if got := p.read(wait); !strings.Contains(got, "received=127.0.0.1") || !strings.Contains(got, "rport="+strconv.Itoa(p.port())) {
+			t.Fatalf("rport answer: %q", got)
+		}
+		// Sent from p, but the Via names other's port and no rport: RFC 3261 §18.2.2.
+		msg := strings.Replace(register(p, "z9hG4bK-via", ""), "127.0.0.1:"+strconv.Itoa(p.port())+";branch", "127.0.0.1:"+strconv.Itoa(other.port())+";branch", 1)
+		p.send(addr, msg)
+		if got := other.read(wait); !strings.HasPrefix(got, "SIP/2.0 200") {
+			t.Fatalf("Via port got %q", got)
+		}
+	})
+
+	t.Run("garbage, keep-alives and responses get nothing and change nothing", func(t *testing.T) {
+		h, calls := counted(answer(200))
+		s, addr := udpServer(t, h)
+		p := newPhone(t)
+		for _, junk := range []string{"\r\n\r\n", "\x00\x00\x00\x00", "hello", "REGISTER\r\n\r\n",
+			"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKx\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+			"ACK sip:pbx.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKy\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+			strings.Repeat("A", 65000)} {
+			p.send(addr, junk)
+		}
+		if got := p.read(quiet); got != "" {
+			t.Fatalf("junk was answered: %q", got)
+		}
+		if n := calls.Load(); n != 0 {
+			t.Fatalf("handler ran %d times for junk", n)
+		}
+		if answers, inflight, _ := s.CacheStats(); answers != 0 || inflight != 0 {
+			t.Fatalf("junk left state: %d answers, %d in flight", answers, inflight)
+		}
+		p.send(addr, register(p, "z9hG4bK-after", ";rport"))
+		if got := p.read(wait); !strings.HasPrefix(got, "SIP/2.0 200") {
+			t.Fatalf("server stopped answering after junk: %q", got)
+		}
+	})
+
+	t.Run("a dropped request's retransmissions are dropped too", func(t *testing.T) {
+		h, calls := counted(silent)
+		_, addr := udpServer(t, h)
+		p := newPhone(t)
+		msg := register(p, "z9hG4bK-flood", ";rport")
+		p.send(addr, msg)
+		time.Sleep(50 * time.Millisecond)
+		p.send(addr, msg)
+		if got := p.read(quiet); got != "" {
+			t.Fatalf("dropped request answered: %q", got)
+		}
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("handler ran %d times, want 1", n)
+		}
+	})
+}
