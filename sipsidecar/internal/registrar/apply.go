@@ -172,16 +172,13 @@ func (r *Registrar) ok(req *sip.Request, bindings []location.Binding, natKeys ma
 		if natKeys[b.Key()] {
 			left = min(left, r.cfg.NATExpires)
 		}
-		var u sip.Uri
-		if err := sip.ParseUri(b.Contact, &u); err != nil {
-			continue
-		}
-		h := &sip.ContactHeader{Address: u, Params: sip.NewParams()}
-		h.Params.Add("expires", strconv.Itoa(left))
+		// The stored Contact is the URI as sipgo printed it from the REGISTER, so it is
+		// written back as it is rather than parsed again for every answer.
+		v := "<" + b.Contact + ">;expires=" + strconv.Itoa(left)
 		if b.InstanceID != "" {
-			h.Params.Add("+sip.instance", `"`+b.InstanceID+`"`)
+			v += `;+sip.instance="` + b.InstanceID + `"`
 		}
-		res.AppendHeader(h)
+		res.AppendHeader(sip.NewHeader("Contact", v))
 	}
 	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")))
 	return res

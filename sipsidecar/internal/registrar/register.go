@@ -245,7 +245,8 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 			return rq, r.reply(req, 400, "Bad Contact")
 		}
 		c := contact{uri: uriString(&ch.Address), host: ch.Address.Host, port: ch.Address.Port}
-		if len(c.uri) > 512 {
+		// Answers write the stored URI back between < and >: nothing in it may end that.
+		if len(c.uri) > 512 || strings.ContainsAny(c.uri, "<>\"\r\n \t") {
 			return rq, r.reply(req, 400, "Bad Contact")
 		}
 		switch v, has := ch.Params.Get("expires"); {

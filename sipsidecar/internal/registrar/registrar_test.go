@@ -111,6 +111,9 @@ func TestRegisterAnswers(t *testing.T) {
 		{"* and another contact", reg("Contact: *\nContact: <sip:201@h>\nExpires: 0"), "", 400},
 		{"a tel: contact", reg("Contact: <tel:+15551234567>"), "", 400},
 		{"an oversized contact", reg("Contact: <sip:201@h;x=" + strings.Repeat("a", 600) + ">"), "", 400},
+		// Attack: a Contact whose URI, written back between < and > in every answer,
+		// would end the bracket and smuggle parameters into other answers' Contact lines.
+		{"a contact URI with a quote", reg(`Contact: <sip:201@h;x="a>b">`), "", 400},
 		{"To with an over-long user", strings.Replace(reg("Contact: <sip:201@h>"), "To: <sip:201@pbx>", "To: <sip:"+strings.Repeat("9", 70)+"@pbx>", 1), "", 400},
 		{"To without a user", strings.Replace(reg("Contact: <sip:201@h>"), "To: <sip:201@pbx>", `To: <sip:pbx>`, 1), "", 400},
 		{"CSeq method mismatch", strings.Replace(reg("Contact: <sip:201@h>"), "CSeq: 2 REGISTER", "CSeq: 2 INVITE", 1), "", 400},
