@@ -166,15 +166,20 @@ func (a *API) subscribe(w http.ResponseWriter, r *http.Request, ch string) error
 	r.Header.Del("Authorization")
 
 	// The subscriber's own context: cut at token expiry or logout, and independent of the
-	// request's, because a parked long-poll outlives its handler (release ends it).
-	ctx, cancel := context.WithCancelCause(context.WithoutCancel(r.Context()))
-	ctx, stop := context.WithDeadline(ctx, c.Expiry())
+	// request's, because a parked subscriber outlives its handler (release ends it). It
+	// holds nothing of the request: a parked subscriber keeps its context alive while it
+	// waits, and the request's context holds the request, Caddy's replacer and vars and,
+	// through them, net/http's connection and its buffers (some 15 KiB per subscriber). The
+	// expiry is a timer rather than a context.WithDeadline, which would add a second
+	// context, a timer and a children map to every waiting subscriber.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	expiry := time.AfterFunc(time.Until(c.Expiry()), func() { cancel(context.DeadlineExceeded) })
 	remove := live.add(c.SessionID(), &liveSub{user: string(c.Subject), iat: time.Unix(c.IssuedAt, 0), st: app.store, cancel: cancel})
 	metrics.subscribers.Inc()
 	app.pubsub.b.ServeSubscriber(ctx, w, r, ch, func() {
 		metrics.subscribers.Dec()
 		remove()
-		stop()
+		expiry.Stop()
 		cancel(nil)
 	})
 	return nil

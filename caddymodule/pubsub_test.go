@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -259,4 +260,52 @@ func readFrame(t *testing.T, conn net.Conn, rd *bufio.Reader) string {
 		return "<close>"
 	}
 	return string(p)
+}
+
+// Issue 6: a parked subscriber keeps its socket and a few small structs, not the request it
+// came in on. Its context used to derive from the request's, which kept the request, Caddy's
+// replacer and vars and net/http's connection with its buffers alive while it waited: some
+// 15 KiB per phone on the gateway, and 10k phones per gateway is the target.
+func TestParkedSubscribersHoldLittleMemory(t *testing.T) {
+	g := startGateway(t, "", "softphone_api")
+	access, _ := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+	heap := func() int64 {
+		runtime.GC()
+		runtime.GC() // and once more for sync.Pool's victim cache
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	for _, tc := range []struct{ name, header string }{
+		{"long-poll", ""},
+		{"EventSource", "Accept: text/event-stream\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 200
+			goroutines := runtime.NumGoroutine()
+			before := heap()
+			addr := "127.0.0.1:" + strconv.Itoa(g.Port)
+			for range n {
+				conn, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				io.WriteString(conn, "GET "+DefaultPrefix+"/sub/users-state?token="+access+" HTTP/1.1\r\nHost: "+addr+"\r\n"+tc.header+"\r\n")
+			}
+			// A parked subscriber has no goroutine: wait until every handler has returned.
+			deadline := time.Now().Add(10 * time.Second)
+			for runtime.NumGoroutine() > goroutines+n/10 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d goroutines for %d subscribers (%d before): they were not parked", runtime.NumGoroutine(), n, goroutines)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			per := (heap() - before) / n
+			t.Logf("%d bytes of heap per parked subscriber", per)
+			if per > 6<<10 {
+				t.Fatalf("%d bytes of heap per parked subscriber, want at most 6 KiB", per)
+			}
+		})
+	}
 }

@@ -76,8 +76,10 @@ func writeInfo(w http.ResponseWriter, r *http.Request, status int, info Info) {
 // stream is closed at once and a waiting long-poll ends.
 //
 // release, when not nil, is called once the subscriber is really done: before ServeSubscriber
-// returns, or later for a long-poll parked without its goroutine (ctx must then outlive the
-// request: derive it from context.WithoutCancel(r.Context())).
+// returns, or later for a subscriber parked without its goroutine. ctx must then outlive the
+// request, and a parked subscriber keeps it alive while it waits: give it none of the
+// request's context (context.WithoutCancel(r.Context()) would keep the request, and whatever
+// its context holds, alive with it). Only ctx's cancellation is used.
 func (b *Broker) ServeSubscriber(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, release func()) {
 	switch {
 	case strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
