@@ -163,8 +163,17 @@ func Sign(secret []byte, body []byte, t time.Time) string {
 //
 // Once the hook has said it takes batches (the BatchHeader on an answer), callbacks that
 // arrive while others are on the wire travel together in one request: a JSON array of
-// bodies, answered by an array of answers in the same order.
+// bodies, answered by an array of answers in the same order. Then at most batchSenders
+// requests are in flight, and at most Concurrency×MaxBatch callbacks wait for one.
 func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
+	if c.batch.Load() > 1 {
+		// At most batchSenders requests are on the wire: the queue is the bound.
+		body, err := json.Marshal(r)
+		if err != nil {
+			return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		return c.viaBatch(ctx, body)
+	}
 	select {
 	case c.slots <- struct{}{}:
 	default:
@@ -183,9 +192,6 @@ func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 	body, err := json.Marshal(r)
 	if err != nil {
 		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	if c.batch.Load() > 1 {
-		return c.viaBatch(ctx, body)
 	}
 	raw, err := c.post(ctx, body)
 	if err != nil {
@@ -292,6 +298,10 @@ const batchSenders = 2
 func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
 	p := &pending{body: body, done: make(chan outcome, 1)}
 	c.mu.Lock()
+	if len(c.queue) >= cap(c.slots)*c.maxBatch {
+		c.mu.Unlock()
+		return Verdict{}, fmt.Errorf("%w: %d callbacks already queued", ErrUnavailable, cap(c.slots)*c.maxBatch)
+	}
 	c.queue = append(c.queue, p)
 	start := c.senders < batchSenders
 	if start {

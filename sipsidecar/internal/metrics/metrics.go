@@ -57,7 +57,7 @@ func New(liveAORs func() float64) *Metrics {
 		}, []string{"result"}),
 		retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sipsidecar", Name: "retransmissions_total",
-			Help: "UDP retransmissions answered by the transaction layer, by kind (absorbed: still being handled or answered with nothing; repeated: the same answer sent again).",
+			Help: "UDP requests answered without the registrar, by kind (absorbed: a retransmission still being handled or answered with nothing; repeated: the same answer sent again; overload: a new request dropped while every worker was busy).",
 		}, []string{"kind"}),
 	}
 	m.Registry.MustRegister(m.registers, m.dropped, m.hookCalls, m.hookDuration, m.expired, m.publishes, m.webhooks, m.retransmits,

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,15 +32,16 @@ type Handler func(req *sip.Request) *sip.Response
 // Options configure a Server.
 type Options struct {
 	Handler Handler
-	// Workers is how many UDP requests are handled at once (each waits for the store and
-	// the auth hook in turn). Default 256. Stream transports use the same bound.
+	// Workers is how many requests are handled at once, over all transports (each waits
+	// for the store and the auth hook in turn). Default 1024.
 	Workers int
 	// CacheBytes bounds the memory of remembered UDP answers. Default 128 MiB.
 	CacheBytes int
 	Logger     *slog.Logger
-	// OnRetransmission hears of every retransmission answered without the handler:
-	// "absorbed" (still being handled, or answered with nothing) or "repeated" (the same
-	// answer sent again). May be nil.
+	// OnRetransmission hears of every UDP request answered without the handler:
+	// "absorbed" (a retransmission still being handled, or answered with nothing),
+	// "repeated" (the same answer sent again) or "overload" (a new request dropped because
+	// Workers are busy). May be nil.
 	OnRetransmission func(kind string)
 	Now              func() time.Time
 }
@@ -55,14 +57,14 @@ type Server struct {
 	tx      *txCache
 
 	tp      *sip.TransportLayer // TCP and WebSocket
-	streams chan struct{}       // stream requests being handled
+	streams chan struct{}       // requests being handled
 	running sync.WaitGroup      // handlers under way
 }
 
 // New returns a Server.
 func New(o Options) *Server {
 	if o.Workers <= 0 {
-		o.Workers = 256
+		o.Workers = 1024
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -82,14 +84,19 @@ func New(o Options) *Server {
 	return s
 }
 
-// ServeUDP reads requests from pc until it is closed. Workers share the socket: each
-// reads one datagram, handles it and writes the answer, so the kernel's receive buffer is
-// the only queue and a flood beyond the workers' pace is dropped there, like any UDP
-// overload.
+// ServeUDP reads requests from pc until it is closed: a few readers parse datagrams and
+// answer retransmissions, and each new request is handled on its own goroutine, at most
+// Workers at once. Beyond that a new request is dropped (the phone retransmits), so a flood
+// cannot pile up work, and readers never wait for the store or the hook, so the socket is
+// drained while requests wait for their verdicts.
 func (s *Server) ServeUDP(pc *net.UDPConn) error {
+	// A burst of answers from a batch of verdicts brings a burst of requests back: room
+	// for a few thousand datagrams (the kernel caps it at net.core.rmem_max).
+	pc.SetReadBuffer(udpReadBuffer)
 	var wg sync.WaitGroup
-	errs := make(chan error, s.workers)
-	for range s.workers {
+	readers := max(2, runtime.GOMAXPROCS(0))
+	errs := make(chan error, readers)
+	for range readers {
 		wg.Go(func() { errs <- s.readUDP(pc) })
 	}
 	wg.Wait()
@@ -102,12 +109,13 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	return nil
 }
 
-// maxDatagram is the largest UDP payload.
-const maxDatagram = 65507
+const (
+	maxDatagram   = 65507 // the largest UDP payload
+	udpReadBuffer = 4 << 20
+)
 
 func (s *Server) readUDP(pc *net.UDPConn) error {
 	buf := make([]byte, maxDatagram+1)
-	out := &bytes.Buffer{}
 	for {
 		n, from, err := pc.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -120,14 +128,12 @@ func (s *Server) readUDP(pc *net.UDPConn) error {
 			}
 			return err
 		}
-		s.running.Add(1)
-		s.datagram(pc, buf[:n], from.Addr().Unmap(), from.Port(), out)
-		s.running.Done()
+		s.datagram(pc, buf[:n], from.Addr().Unmap(), from.Port())
 	}
 }
 
-// datagram handles one UDP datagram.
-func (s *Server) datagram(pc *net.UDPConn, data []byte, ip netip.Addr, port uint16, out *bytes.Buffer) {
+// datagram reads one UDP datagram and starts its handling.
+func (s *Server) datagram(pc *net.UDPConn, data []byte, ip netip.Addr, port uint16) {
 	if len(bytes.Trim(data, "\r\n\x00 \t")) == 0 {
 		return // keep-alive (RFC 5626 §3.5.1 CRLF, or padding)
 	}
@@ -157,6 +163,26 @@ func (s *Server) datagram(pc *net.UDPConn, data []byte, ip netip.Addr, port uint
 			return
 		}
 	}
+	select {
+	case s.streams <- struct{}{}:
+	default:
+		if key != "" {
+			s.tx.abandon(key)
+		}
+		s.onRetx("overload")
+		return
+	}
+	s.running.Add(1)
+	go func() {
+		defer func() { <-s.streams; s.running.Done() }()
+		s.udpRequest(pc, req, from, key)
+	}()
+}
+
+var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// udpRequest handles a new request and sends (and remembers) its answer.
+func (s *Server) udpRequest(pc *net.UDPConn, req *sip.Request, from netip.AddrPort, key string) {
 	res := s.handler(req)
 	if res == nil {
 		if key != "" {
@@ -164,6 +190,8 @@ func (s *Server) datagram(pc *net.UDPConn, data []byte, ip netip.Addr, port uint
 		}
 		return
 	}
+	out := buffers.Get().(*bytes.Buffer)
+	defer buffers.Put(out)
 	out.Reset()
 	res.StringWrite(out)
 	if out.Len() > maxDatagram {

@@ -244,3 +244,41 @@ func TestUDPTransactions(t *testing.T) {
 		}
 	})
 }
+
+func TestUDPOverloadDropsNewRequests(t *testing.T) {
+	release := make(chan struct{})
+	h, calls := counted(func(req *sip.Request) *sip.Response {
+		<-release
+		return answer(200)(req)
+	})
+	var overloads atomic.Int32
+	s := New(Options{Handler: h, Workers: 1, OnRetransmission: func(kind string) {
+		if kind == "overload" {
+			overloads.Add(1)
+		}
+	}})
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.ServeUDP(pc)
+	defer func() { pc.Close(); s.Wait() }()
+	addr := pc.LocalAddr().(*net.UDPAddr)
+	p := newPhone(t)
+	p.send(addr, register(p, "z9hG4bK-first", ";rport"))
+	time.Sleep(50 * time.Millisecond)
+	second := register(p, "z9hG4bK-second", ";rport")
+	p.send(addr, second)
+	time.Sleep(50 * time.Millisecond)
+	if overloads.Load() != 1 || calls.Load() != 1 {
+		t.Fatalf("%d overloads, %d handled: want the second request dropped", overloads.Load(), calls.Load())
+	}
+	close(release)
+	p.read(2 * time.Second)
+	time.Sleep(50 * time.Millisecond) // the worker is released just after its answer leaves
+	// The dropped request is not remembered: its retransmission is handled.
+	p.send(addr, second)
+	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 200") || calls.Load() != 2 {
+		t.Fatalf("retransmission after the overload: %q, %d handled", got, calls.Load())
+	}
+}
