@@ -188,6 +188,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening state store: %w", err)
 	}
+	if a.Store.Engine == "redis" {
+		// Only a Redis store has a mirror: a memory store would read as a mirror down.
+		if err := registerMetrics(ctx.GetMetricsRegistry(), metrics.mirrorLive); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
 
 	if err := a.PubSub.validate(); err != nil {
 		return err

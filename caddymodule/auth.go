@@ -65,7 +65,15 @@ func (app *App) check(r *http.Request, raw string, want token.Type) (*token.Clai
 	default:
 		return nil, verdictInvalid
 	}
-	revoked, err := app.store.Revoked(r.Context(), c.SessionID(), string(c.Subject), time.Unix(c.IssuedAt, 0))
+	var revoked bool
+	if want == token.Refresh {
+		// A refresh mints new credentials (a refresh token outliving the session's
+		// revocation, if it raced a logout): ask the shared state itself rather than a mirror
+		// that may not have heard yet of a logout another gateway has just answered.
+		revoked, err = app.store.RevokedNow(r.Context(), c.SessionID(), string(c.Subject), time.Unix(c.IssuedAt, 0))
+	} else {
+		revoked, err = app.store.Revoked(r.Context(), c.SessionID(), string(c.Subject), time.Unix(c.IssuedAt, 0))
+	}
 	if err != nil {
 		if app.Store.failOpen() && want == token.Access {
 			app.logger.Warn("state store unavailable: accepting the token unchecked for revocation (on_error open)", zap.Error(err))

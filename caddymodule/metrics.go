@@ -17,6 +17,7 @@ var metrics = struct {
 	subscribers   prometheus.Gauge
 	subscriptions *prometheus.CounterVec
 	publishes     *prometheus.CounterVec
+	mirrorLive    prometheus.GaugeFunc
 }{
 	logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "softphone", Subsystem: "auth", Name: "logins_total",
@@ -50,6 +51,10 @@ var metrics = struct {
 		Namespace: "softphone", Subsystem: "pubsub", Name: "publishes_total",
 		Help: "Publish requests by result (ok, forbidden, bad_channel).",
 	}, []string{"result"}),
+	mirrorLive: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "softphone", Subsystem: "store", Name: "mirror_live",
+		Help: "1 while token checks are answered from the local mirror of the Redis revocations, 0 while every check asks Redis (syncing, Redis unreachable, mirror over its cap).",
+	}, redisMirrorsLive),
 }
 
 func metricCollectors() []prometheus.Collector {
@@ -57,12 +62,16 @@ func metricCollectors() []prometheus.Collector {
 		metrics.sipAuth, metrics.subscribers, metrics.subscriptions, metrics.publishes}
 }
 
-// registerMetrics adds our collectors to a config's registry (nil when Caddy has none).
-func registerMetrics(reg prometheus.Registerer) error {
+// registerMetrics adds our collectors to a config's registry (nil when Caddy has none):
+// metricCollectors, or the given ones.
+func registerMetrics(reg prometheus.Registerer, cs ...prometheus.Collector) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range metricCollectors() {
+	if len(cs) == 0 {
+		cs = metricCollectors()
+	}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -8,7 +8,7 @@ import (
 )
 
 func TestMetricsPassPromlint(t *testing.T) {
-	for _, c := range metricCollectors() {
+	for _, c := range append(metricCollectors(), metrics.mirrorLive) {
 		problems, err := testutil.CollectAndLint(c)
 		if err != nil {
 			t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
@@ -37,6 +38,25 @@ type pooledStore struct {
 }
 
 func (p pooledStore) Destruct() error { return p.close() }
+
+// redisStores holds the pooled Redis stores (pool key → *store.Redis) for the mirror gauge.
+var redisStores sync.Map
+
+// redisMirrorsLive is 1 when every pooled Redis store answers checks from its mirror.
+func redisMirrorsLive() float64 {
+	n, live := 0, 0
+	redisStores.Range(func(_, v any) bool {
+		n++
+		if v.(*store.Redis).MirrorLive() {
+			live++
+		}
+		return true
+	})
+	if n > 0 && live == n {
+		return 1
+	}
+	return 0
+}
 
 func (c *StoreConfig) validate() error {
 	switch c.Engine {
@@ -72,7 +92,15 @@ func (c *StoreConfig) open(dataDir string) (store.Store, string, error) {
 				return nil, err
 			}
 			client := redis.NewClient(o)
-			return pooledStore{Store: store.NewRedis(client, c.Prefix), close: client.Close}, nil
+			s := store.NewRedis(client, c.Prefix)
+			redisStores.Store(key, s)
+			// The mirror lives as long as the pooled client: a reload keeps it (and its
+			// loaded state); the last config using it stops it, then closes the client.
+			return pooledStore{Store: s, close: func() error {
+				redisStores.Delete(key)
+				s.Close()
+				return client.Close()
+			}}, nil
 		})
 		if err != nil {
 			return nil, "", err

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -148,6 +149,13 @@ func (r *Redis) Stop() {
 	_ = r.cmd.Wait()
 	r.cmd = nil
 }
+
+// Pause freezes the server (SIGSTOP): its connections stay open and nothing is answered,
+// as with a hung server or a network partition that resets nothing. Resume thaws it.
+func (r *Redis) Pause() { _ = r.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume thaws a paused server.
+func (r *Redis) Resume() { _ = r.cmd.Process.Signal(syscall.SIGCONT) }
 
 // Process runs a helper program for the duration of a test and kills it at cleanup.
 func Process(t testing.TB, ctx context.Context, name string, args ...string) *exec.Cmd {

@@ -106,6 +106,11 @@ func (m *Memory) Revoked(_ context.Context, sid, sub string, iat time.Time) (boo
 	return uok && now.Before(u.until) && !iat.After(u.at), nil
 }
 
+// RevokedNow implements Store: the memory store has no other copy to be behind.
+func (m *Memory) RevokedNow(ctx context.Context, sid, sub string, iat time.Time) (bool, error) {
+	return m.Revoked(ctx, sid, sub, iat)
+}
+
 // Rotate implements Store.
 func (m *Memory) Rotate(_ context.Context, fam, presented, next string, now time.Time, grace time.Duration, until time.Time) (Rotation, error) {
 	m.mu.Lock()

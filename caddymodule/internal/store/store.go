@@ -3,6 +3,12 @@
 // implementation serves one process (and survives restarts through a journal in the data
 // dir); the Redis one serves several gateways behind the same interface. Both pass one
 // conformance suite (storetest).
+//
+// The Redis store answers token checks (Revoked) from a local mirror of the revocations,
+// kept current by invalidations its write scripts publish. A revocation made on another
+// gateway takes effect here once Redis delivers its publish (sub-millisecond on a LAN); when
+// this process cannot confirm its subscription is live, it asks Redis on every check. The
+// details are in redis.go's key layout and in mirror.go.
 package store
 
 import (
@@ -25,8 +31,12 @@ type Store interface {
 	// everywhere"), remembered until until.
 	RevokeUser(ctx context.Context, sub string, at, until time.Time) error
 	// Revoked reports whether a token of session sid, user sub, issued at iat is revoked,
-	// either way, in one read.
+	// either way, in one read. A shared store may answer from a local mirror that learns
+	// another gateway's revocation a moment after that gateway was told it is done.
 	Revoked(ctx context.Context, sid, sub string, iat time.Time) (bool, error)
+	// RevokedNow is Revoked read from the shared state itself, for a check that mints new
+	// credentials (a refresh): no revocation another gateway has completed can be missed.
+	RevokedNow(ctx context.Context, sid, sub string, iat time.Time) (bool, error)
 
 	// Rotate advances refresh-token family fam (RFC 9700 §4.14) when presented is its
 	// current token id: next becomes current, presented becomes the previous one. Presenting

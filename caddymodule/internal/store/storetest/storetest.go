@@ -80,6 +80,29 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		}
 	})
 
+	t.Run("RevokedNow answers like Revoked", func(t *testing.T) {
+		s := newStore(t)
+		sid, sub := uniq(t, "sid"), uniq(t, "user")
+		at := time.Now()
+		s.RevokeSession(ctx, sid, at.Add(time.Hour))
+		s.RevokeUser(ctx, sub, at, at.Add(time.Hour))
+		for _, c := range []struct {
+			name     string
+			sid, sub string
+			iat      time.Time
+			want     bool
+		}{
+			{"revoked session", sid, uniq(t, "u"), at, true},
+			{"user logged out after the token", uniq(t, "s"), sub, at.Add(-time.Minute), true},
+			{"user's later token", uniq(t, "s"), sub, at.Add(2 * time.Second), false},
+			{"untouched", uniq(t, "s"), uniq(t, "u"), at, false},
+		} {
+			if rev, err := s.RevokedNow(ctx, c.sid, c.sub, c.iat); err != nil || rev != c.want {
+				t.Errorf("%s: RevokedNow=%v err=%v, want %v", c.name, rev, err, c.want)
+			}
+		}
+	})
+
 	t.Run("rotation: current rotates, predecessor within grace gets the same, stale reuse kills the family", func(t *testing.T) {
 		s := newStore(t)
 		fam := uniq(t, "fam")
