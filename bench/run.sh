@@ -249,7 +249,7 @@ siptry() {
 	calls=$((rate * SIP_SECS))
 	(cd "$WORK" && timeout $((SIP_SECS * 4 + 20)) sipp "$target" -sf "$ROOT/sipsidecar/testdata/register-auth.xml" \
 		-inf "$WORK/users.csv" -i 127.0.0.1 -p "$lport" -r "$rate" -m "$calls" -l $((rate * 2)) \
-		-nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 \
+		-nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 -buff_size 4194304 \
 		-trace_err -error_file "$WORK/sipp-errors.log" >"$WORK/sipp.out" 2>&1) || code=$?
 	python3 - "$WORK/sipp.out" "$calls" "$rate" "$code" <<'PY'
 import re, sys

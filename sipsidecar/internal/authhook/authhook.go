@@ -79,8 +79,9 @@ type Client struct {
 	batch     atomic.Int32 // callbacks per request the hook takes; <= 1: one at a time
 
 	mu      sync.Mutex
-	queue   []*pending // callbacks waiting for a batch
-	senders int        // batch senders running
+	queue   []*pending    // callbacks waiting for a batch
+	senders int           // batch senders running
+	wake    chan struct{} // tells an idle sender the queue has work
 }
 
 // BatchHeader is the answer header by which a hook says it takes a JSON array of callback
@@ -138,6 +139,7 @@ func New(o Options) (*Client, error) {
 		timeout:   o.Timeout,
 		now:       o.Now,
 		maxBatch:  o.MaxBatch,
+		wake:      make(chan struct{}, 1),
 	}, nil
 }
 
@@ -310,6 +312,11 @@ func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
 	c.mu.Unlock()
 	if start {
 		go c.sendBatches()
+	} else {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
 	}
 	select {
 	case o := <-p.done:
@@ -319,11 +326,31 @@ func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
 	}
 }
 
-// sendBatches sends what is queued, a batch at a time, until the queue is empty.
+// senderLinger is how long an idle batch sender waits for more work before it ends: under
+// a steady load senders live on (a new goroutine would grow its stack through the HTTP
+// client again for every burst), and an idle sidecar keeps none.
+const senderLinger = time.Second
+
+// sendBatches sends what is queued, a batch at a time, until the queue has stayed empty
+// for senderLinger.
 func (c *Client) sendBatches() {
+	idle := time.NewTimer(senderLinger)
+	defer idle.Stop()
 	for {
 		c.mu.Lock()
 		if len(c.queue) == 0 {
+			c.mu.Unlock()
+			idle.Reset(senderLinger)
+			select {
+			case <-c.wake:
+				continue
+			case <-idle.C:
+			}
+			c.mu.Lock()
+			if len(c.queue) > 0 {
+				c.mu.Unlock()
+				continue
+			}
 			c.senders--
 			c.mu.Unlock()
 			return
