@@ -40,6 +40,7 @@ type API struct {
 	app    *App
 	logger *zap.Logger
 	routes map[string]route
+	under  string // Prefix + "/", what every API path starts with
 }
 
 type route struct {
@@ -59,6 +60,7 @@ func (a *API) Provision(ctx caddy.Context) error {
 		a.Prefix = DefaultPrefix
 	}
 	a.Prefix = strings.TrimRight(a.Prefix, "/")
+	a.under = a.Prefix + "/"
 	app, err := ctx.App("softphone")
 	if err != nil {
 		return fmt.Errorf("loading softphone app: %w", err)
@@ -88,7 +90,7 @@ func (a *API) Validate() error {
 
 // ServeHTTP routes the API's paths and passes anything else to next.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	rest, ok := strings.CutPrefix(r.URL.Path, a.Prefix+"/")
+	rest, ok := strings.CutPrefix(r.URL.Path, a.under)
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
@@ -368,15 +370,16 @@ func (a *API) health(w http.ResponseWriter, _ *http.Request) error {
 // token from the Authorization header or from the original URI's query (X-Forwarded-Uri,
 // for <audio src="…?authorization=…"> links), 401/403 otherwise.
 func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
-	app, now := a.app, a.app.now()
+	app := a.app
 	c, v := app.authenticate(r, token.Access, headerOrAnyQuery)
 	countCheck(siteMedia, v)
 	app.mediaDecision(r, c, v)
-	if refuse(w, v, msgWrongType, msgUnauthorized, now) {
+	if v != verdictOK {
+		refuse(w, v, msgWrongType, msgUnauthorized, app.now())
 		return nil
 	}
 	setIdentityHeaders(w.Header(), c)
-	if r.Header.Get("X-Forwarded-Uri") != "" && r.Header.Get("X-Forwarded-Method") != "" {
+	if headerValue(r.Header, "X-Forwarded-Uri") != "" && headerValue(r.Header, "X-Forwarded-Method") != "" {
 		// A forward_auth subrequest reads only the status and headers, and Caddy closes the
 		// body unread: with a body that closes the pooled connection, so every subrequest
 		// would dial anew. An empty 200 keeps the connection reusable.
@@ -386,7 +389,7 @@ func (a *API) checkMediaAccess(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	writeRaw(w, http.StatusOK, successJSON)
+	writeMediaGrant(w)
 	return nil
 }
 
@@ -440,11 +443,15 @@ func identity(u *users.User) token.Identity {
 	return token.Identity{UserID: u.IDString(), Username: u.Username, Role: u.RoleOrDefault()}
 }
 
-// setIdentityHeaders writes the X-Softphone-* headers that forward_auth copies upstream.
+// setIdentityHeaders writes the X-Softphone-* headers that forward_auth copies upstream. The
+// names are canonical already; the three values share one allocation (each slice capped at
+// its one value, so an append elsewhere copies instead of overwriting its neighbour).
 func setIdentityHeaders(h http.Header, c *token.Claims) {
-	h.Set("X-Softphone-User-Id", string(c.Subject))
-	h.Set("X-Softphone-Username", c.Username)
-	h.Set("X-Softphone-Role", c.Role)
+	v := make([]string, 3)
+	v[0], v[1], v[2] = string(c.Subject), c.Username, c.Role
+	h["X-Softphone-User-Id"] = v[0:1:1]
+	h["X-Softphone-Username"] = v[1:2:2]
+	h["X-Softphone-Role"] = v[2:3:3]
 }
 
 // clientIP is Caddy's client address (honouring trusted_proxies), else the TCP peer.

@@ -92,7 +92,7 @@ func (app *App) check(r *http.Request, raw string, want token.Type) (*token.Clai
 // a client must not use more than one method).
 func findToken(r *http.Request, from tokenSources) (string, verdict) {
 	var found []string
-	if hs := r.Header.Values("Authorization"); len(hs) > 0 {
+	if hs := r.Header["Authorization"]; len(hs) > 0 {
 		if len(hs) > 1 {
 			return "", verdictTwoTokens
 		}
@@ -146,7 +146,7 @@ func findToken(r *http.Request, from tokenSources) (string, verdict) {
 
 // forwardedQuery is the query of the original URI forward_auth passes in X-Forwarded-Uri.
 func forwardedQuery(r *http.Request) string {
-	u := r.Header.Get("X-Forwarded-Uri")
+	u := headerValue(r.Header, "X-Forwarded-Uri")
 	if u == "" {
 		return ""
 	}
@@ -155,4 +155,14 @@ func forwardedQuery(r *http.Request) string {
 		q = q[:i]
 	}
 	return q
+}
+
+// headerValue is h.Get(name) for a name in canonical form. net/http, and Caddy's HTTP/2 and
+// HTTP/3 servers, store request header names canonicalised, so the look-up need not
+// canonicalise name again on every media request.
+func headerValue(h http.Header, name string) string {
+	if v := h[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }

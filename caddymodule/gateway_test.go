@@ -25,7 +25,7 @@ import (
 // testGateway is one in-process Caddy running a Caddyfile with our modules. Caddy's config is
 // process-global, so gateways in this package run one at a time.
 type testGateway struct {
-	t       *testing.T
+	t       testing.TB
 	Base    string // http://127.0.0.1:port
 	API     string // Base + DefaultPrefix
 	DataDir string
@@ -44,13 +44,13 @@ const testUsers = `[
 
 // startGateway writes the users file and runs a Caddyfile whose `{{global}}` and `{{site}}`
 // blocks are filled with the given snippets; "{PORT}" in site becomes the gateway's port.
-func startGateway(t *testing.T, global, site string) *testGateway {
+func startGateway(t testing.TB, global, site string) *testGateway {
 	t.Helper()
 	return startGatewayOn(t, "127.0.0.1", global, site)
 }
 
 // startGatewayOn is startGateway listening on host ("" = every interface).
-func startGatewayOn(t *testing.T, host, global, site string) *testGateway {
+func startGatewayOn(t testing.TB, host, global, site string) *testGateway {
 	t.Helper()
 	gatewayMu.Lock()
 	t.Cleanup(gatewayMu.Unlock)

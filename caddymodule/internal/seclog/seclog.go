@@ -35,10 +35,11 @@ const TimeLayout = "2006-01-02 15:04:05"
 // Line formats one event. Control characters and '|' in message or from are replaced so
 // that a crafted username cannot forge a second line or a field.
 func Line(ev Event, message, from string, at time.Time) string {
-	return string(appendLine(make([]byte, 0, 64+len(message)+len(from)), ev, message, from, at))
+	return string(appendLine(make([]byte, 0, 64+len(message)+len(from)), ev, message, from, at.AppendFormat(nil, TimeLayout)))
 }
 
-func appendLine(b []byte, ev Event, message, from string, at time.Time) []byte {
+// appendLine appends one line; stamp is the time formatted with TimeLayout.
+func appendLine(b []byte, ev Event, message, from string, stamp []byte) []byte {
 	b = append(b, '[')
 	b = append(b, ev...)
 	b = append(b, "] "...)
@@ -46,13 +47,16 @@ func appendLine(b []byte, ev Event, message, from string, at time.Time) []byte {
 	b = append(b, " | From: "...)
 	b = appendClean(b, from)
 	b = append(b, " | Time: "...)
-	b = at.AppendFormat(b, TimeLayout)
+	b = append(b, stamp...)
 	return append(b, '\n')
 }
 
 func appendClean(b []byte, s string) []byte {
 	if len(s) > 256 {
 		s = s[:256]
+	}
+	if plainASCII(s) {
+		return append(b, s...)
 	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f || r == '|' || r == '\uFFFD' {
@@ -61,6 +65,17 @@ func appendClean(b []byte, s string) []byte {
 		b = utf8.AppendRune(b, r)
 	}
 	return b
+}
+
+// plainASCII reports whether s is printable ASCII without '|': nothing for appendClean to
+// replace (the usual username and address).
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '|' {
+			return false
+		}
+	}
+	return true
 }
 
 // Log is a size-rotated security log file, safe for concurrent use.
@@ -75,6 +90,12 @@ type Log struct {
 	size  int64
 	timer *time.Timer // pending flush of routine lines
 	line  []byte      // reused formatting buffer
+
+	// The last timestamp formatted, reused while the second and the zone stay the same (a
+	// busy media route writes many lines a second).
+	stampSec  int64
+	stampZone *time.Location
+	stamp     []byte
 }
 
 // flushDelay is how long a routine line (a grant, a login) may wait in memory before it is
@@ -128,7 +149,7 @@ func urgent(ev Event) bool {
 func (l *Log) Write(ev Event, message, from string, at time.Time) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.line = appendLine(l.line[:0], ev, message, from, at)
+	l.line = appendLine(l.line[:0], ev, message, from, l.timestamp(at))
 	line := l.line
 	if l.f == nil {
 		return fmt.Errorf("security log is closed")
@@ -150,6 +171,15 @@ func (l *Log) Write(ev Event, message, from string, at time.Time) error {
 		l.timer = time.AfterFunc(flushDelay, l.Flush)
 	}
 	return nil
+}
+
+// timestamp is at in TimeLayout (under l.mu).
+func (l *Log) timestamp(at time.Time) []byte {
+	if l.stamp == nil || at.Unix() != l.stampSec || at.Location() != l.stampZone {
+		l.stamp = at.AppendFormat(l.stamp[:0], TimeLayout)
+		l.stampSec, l.stampZone = at.Unix(), at.Location()
+	}
+	return l.stamp
 }
 
 // Flush writes buffered lines to the file.

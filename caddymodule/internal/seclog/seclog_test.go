@@ -91,3 +91,45 @@ func TestUrgentLinesAreWrittenAtOnce(t *testing.T) {
 		t.Fatalf("a routine line was not written within %s: %q", 2*flushDelay, b)
 	}
 }
+
+// Write reuses the last formatted timestamp within one second: each line still carries its
+// own second and zone.
+func TestWriteTimestamps(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "security.log")
+	l, _ := Open(path, 1<<20, 2)
+	at := time.Date(2026, 1, 19, 23, 59, 59, 100, time.UTC)
+	east := time.FixedZone("UTC+3", 3*3600)
+	for _, w := range []time.Time{at, at.Add(800 * time.Millisecond), at.Add(time.Second), at.Add(time.Second).In(east), at.Add(time.Second)} {
+		l.Write(MediaAccessGranted, "Media access granted for user: 201", "127.0.0.1", w)
+	}
+	l.Close()
+	b, _ := os.ReadFile(path)
+	var stamps []string
+	for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		_, stamp, _ := strings.Cut(line, " | Time: ")
+		stamps = append(stamps, stamp)
+	}
+	want := []string{"2026-01-19 23:59:59", "2026-01-19 23:59:59", "2026-01-20 00:00:00", "2026-01-20 03:00:00", "2026-01-20 00:00:00"}
+	if strings.Join(stamps, ",") != strings.Join(want, ",") {
+		t.Fatalf("stamps %q, want %q", stamps, want)
+	}
+}
+
+// Names outside printable ASCII keep their letters; control bytes, '|' and broken UTF-8
+// become '_'.
+func TestLineCleansFields(t *testing.T) {
+	at := time.Date(2026, 1, 19, 16, 44, 55, 0, time.UTC)
+	for in, want := range map[string]string{
+		"Žofie":        "Žofie",
+		"a|b":          "a_b",
+		"a\x7fb":       "a_b",
+		"a\xffb":       "a_b",
+		"a\tb":         "a_b",
+		"plain-name.1": "plain-name.1",
+	} {
+		got := Line(AuthFailed, in, "10.0.0.5", at)
+		if got != "[AUTH_FAILED] "+want+" | From: 10.0.0.5 | Time: 2026-01-19 16:44:55\n" {
+			t.Errorf("%q: %q", in, got)
+		}
+	}
+}

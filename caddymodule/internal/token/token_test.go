@@ -184,6 +184,35 @@ func TestBearer(t *testing.T) {
 	}
 }
 
+// Every byte is judged as RFC 6750 §2.1's b64token grammar says, written out here
+// independently of the look-up table checkB64Token uses.
+func TestB64TokenCharset(t *testing.T) {
+	const b64token = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+	for c := range 256 {
+		tok := "a" + string(rune(c)) + "b"
+		if c >= 0x80 {
+			tok = "a" + string([]byte{byte(c)}) + "b"
+		}
+		_, err := checkB64Token(tok)
+		var want error
+		switch {
+		case strings.IndexByte(b64token, byte(c)) >= 0:
+		case c == ',' || c == ' ':
+			want = ErrTwoTokens
+		default:
+			want = ErrBadCharset
+		}
+		if !errors.Is(err, want) {
+			t.Errorf("byte %#02x: %v, want %v", c, err, want)
+		}
+	}
+	for tok, want := range map[string]error{"ab==": nil, "a=b": ErrBadCharset, "=": ErrBadCharset} {
+		if _, err := checkB64Token(tok); !errors.Is(err, want) {
+			t.Errorf("%q: %v, want %v", tok, err, want)
+		}
+	}
+}
+
 func TestKeyFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sub", "secret.key")
