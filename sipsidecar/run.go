@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -191,9 +192,25 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 // source is where req came from on the wire.
 func source(req *sip.Request) registrar.Source {
 	host, port, _ := net.SplitHostPort(req.Source())
-	p := 0
-	fmt.Sscan(port, &p)
-	return registrar.Source{IP: host, Port: p, Transport: strings.ToLower(req.Transport())}
+	p, _ := strconv.Atoi(port)
+	return registrar.Source{IP: host, Port: p, Transport: transportName(req.Transport())}
+}
+
+// transportName is the lower-case transport name without allocating for the usual ones.
+func transportName(t string) string {
+	switch t {
+	case "UDP", "udp":
+		return "udp"
+	case "TCP", "tcp":
+		return "tcp"
+	case "WS", "ws":
+		return "ws"
+	case "WSS", "wss":
+		return "wss"
+	case "TLS", "tls":
+		return "tls"
+	}
+	return strings.ToLower(t)
 }
 
 // meteredHook times and counts callbacks.

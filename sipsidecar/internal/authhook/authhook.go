@@ -260,8 +260,7 @@ func (c *Client) learn(v string) {
 // decodeVerdict reads one answer object.
 func decodeVerdict(raw []byte) (Verdict, error) {
 	var a answer
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&a); err != nil || dec.More() {
+	if err := json.Unmarshal(raw, &a); err != nil { // also refuses trailing data
 		return Verdict{}, fmt.Errorf("%w: answer is not one JSON object", ErrUnavailable)
 	}
 	switch a.Status {
