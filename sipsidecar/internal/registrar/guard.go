@@ -78,7 +78,7 @@ func (g *Guard) admit(ctx context.Context, req *sip.Request, src Source, now tim
 		return ""
 	}
 	g.init()
-	if ua := req.GetHeader("user-agent"); ua != nil {
+	if ua := header(req, "user-agent"); ua != nil {
 		v := strings.ToLower(ua.Value())
 		for _, s := range g.Scanners {
 			if strings.Contains(v, s) {

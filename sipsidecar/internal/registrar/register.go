@@ -66,7 +66,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) 
 
 	// A NATed phone refreshing its pinhole from the same place is answered from the store
 	// without a challenge or a hook call (jambonz behaviour).
-	if req.GetHeader("authorization") == nil {
+	if header(req, "authorization") == nil {
 		if res := r.natRefresh(ctx, req, rq, src, now); res != nil {
 			return res
 		}
@@ -108,7 +108,7 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 	var creds sipdigest.Credentials
 	var err error
 	found := false
-	for _, h := range req.GetHeaders("authorization") {
+	for _, h := range headers(req, "authorization") {
 		c, perr := sipdigest.Parse(h.Value())
 		if perr == nil && c.Realm == realm {
 			creds, err, found = c, nil, true
@@ -188,8 +188,30 @@ func (r *Registrar) authFailed(ctx context.Context, aor string, src Source, reas
 	r.guard.failed(ctx, src, r.now())
 }
 
+// header is req's first header called name, in any case; headers is all of them. sipgo's
+// GetHeader lower-cases the name of every header it passes, allocating for each one outside
+// its short list of common names (Authorization, User-Agent, Expires…): several allocations
+// per lookup. These compare in place.
+func header(req *sip.Request, name string) sip.Header {
+	for _, h := range req.Headers() {
+		if strings.EqualFold(h.Name(), name) {
+			return h
+		}
+	}
+	return nil
+}
+
+func headers(req *sip.Request, name string) []sip.Header {
+	var out []sip.Header
+	for _, h := range req.Headers() {
+		if strings.EqualFold(h.Name(), name) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // parse checks the REGISTER's headers; a non-nil response is the answer to a bad one.
-// (sipgo matches header names in lower case: asking in lower case saves an allocation each.)
 func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 	var rq request
 	to, from, callID, cseq := req.To(), req.From(), req.CallID(), req.CSeq()
@@ -212,7 +234,7 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 	rq.callID = string(*callID)
 	rq.cseq = cseq.SeqNo
 	rq.displayName = from.DisplayName
-	if ua := req.GetHeader("user-agent"); ua != nil {
+	if ua := header(req, "user-agent"); ua != nil {
 		rq.userAgent = ua.Value()
 		if len(rq.userAgent) > 256 {
 			rq.userAgent = rq.userAgent[:256]
@@ -220,14 +242,14 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 	}
 
 	headerExpires := -1
-	if h := req.GetHeader("expires"); h != nil {
+	if h := header(req, "expires"); h != nil {
 		v, ok := parseExpires(h.Value())
 		if !ok {
 			return rq, r.reply(req, 400, "Bad Expires")
 		}
 		headerExpires = v
 	}
-	hs := req.GetHeaders("contact")
+	hs := headers(req, "contact")
 	if len(hs) > 64 {
 		return rq, r.reply(req, 400, "Too Many Contact Headers")
 	}

@@ -260,3 +260,26 @@ func FuzzRegister(f *testing.F) {
 		}
 	})
 }
+
+func TestHeaderLookupIgnoresCase(t *testing.T) {
+	raw := "REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n" +
+		"From: <sip:201@pbx>;tag=1\r\nTo: <sip:201@pbx>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\n" +
+		"EXPIRES: 120\r\nuser-agent: phone\r\nAuthorization: Digest a\r\nAUTHORIZATION: Digest b\r\nContent-Length: 0\r\n\r\n"
+	msg, err := sip.NewParser().ParseSIP([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := msg.(*sip.Request)
+	if h := header(req, "expires"); h == nil || h.Value() != "120" {
+		t.Fatalf("expires: %v", h)
+	}
+	if h := header(req, "User-Agent"); h == nil || h.Value() != "phone" {
+		t.Fatalf("user-agent: %v", h)
+	}
+	if hs := headers(req, "authorization"); len(hs) != 2 || hs[0].Value() != "Digest a" || hs[1].Value() != "Digest b" {
+		t.Fatalf("authorization: %v", hs)
+	}
+	if header(req, "retry-after") != nil || headers(req, "retry-after") != nil {
+		t.Fatal("found a header that is not there")
+	}
+}
