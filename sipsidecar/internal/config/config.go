@@ -76,7 +76,7 @@ func settings() []setting {
 			return
 		}},
 		{"AUTH_HOOK_CONCURRENCY", "128", "callbacks in flight at most", func(c *Config, v string) (err error) { c.HookConcurrency, err = integer(v, 1, 10000); return }},
-		{"WORKERS", "1024", "SIP requests handled at once (each may wait for the store and the hook); UDP requests beyond are dropped", func(c *Config, v string) (err error) { c.Workers, err = integer(v, 1, 100000); return }},
+		{"WORKERS", "1024", "SIP requests handled at once (each may wait for the store and the hook); as many UDP requests may wait, more are dropped", func(c *Config, v string) (err error) { c.Workers, err = integer(v, 1, 100000); return }},
 		{"NONCE_SECRET", "", "HMAC key of digest nonces (share it between sidecars); empty = random per process", func(c *Config, v string) error {
 			c.NonceSecret = v
 			if v != "" && len(v) < 16 {

@@ -16,7 +16,7 @@ import (
 // Expire reports them), so Expire touches only AORs that are due, never the whole table.
 // Nonce counters sit in a map with their own expiry heap, swept a little on every call.
 type Memory struct {
-	mu     sync.Mutex
+	mu     sync.RWMutex // readers: Lookup, Known, AORs
 	aors   map[string]*aorEntry
 	due    aorHeap
 	known  map[string]string
@@ -105,8 +105,8 @@ func (m *Memory) set(aor string, e *aorEntry, bs []Binding) {
 
 // Lookup implements Store.
 func (m *Memory) Lookup(_ context.Context, aor string, now time.Time) ([]Binding, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	e := m.aors[aor]
 	if e == nil {
 		return nil, nil
@@ -142,8 +142,8 @@ func (m *Memory) Expire(_ context.Context, now time.Time, limit int) ([]Binding,
 
 // Known implements Store.
 func (m *Memory) Known(context.Context) (map[string]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	out := make(map[string]string, len(m.known))
 	for k, v := range m.known {
 		out[k] = v
@@ -153,8 +153,8 @@ func (m *Memory) Known(context.Context) (map[string]string, error) {
 
 // AORs implements Store.
 func (m *Memory) AORs(_ context.Context, now time.Time) ([]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	var out []string
 	for aor, e := range m.aors {
 		for _, b := range e.bindings {

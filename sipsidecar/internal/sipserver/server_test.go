@@ -265,20 +265,26 @@ func TestUDPOverloadDropsNewRequests(t *testing.T) {
 	defer func() { pc.Close(); s.Wait() }()
 	addr := pc.LocalAddr().(*net.UDPAddr)
 	p := newPhone(t)
+	// One worker: the first request is being handled, the second waits, the third is dropped.
 	p.send(addr, register(p, "z9hG4bK-first", ";rport"))
 	time.Sleep(50 * time.Millisecond)
-	second := register(p, "z9hG4bK-second", ";rport")
-	p.send(addr, second)
+	p.send(addr, register(p, "z9hG4bK-second", ";rport"))
+	time.Sleep(50 * time.Millisecond)
+	third := register(p, "z9hG4bK-third", ";rport")
+	p.send(addr, third)
 	time.Sleep(50 * time.Millisecond)
 	if overloads.Load() != 1 || calls.Load() != 1 {
-		t.Fatalf("%d overloads, %d handled: want the second request dropped", overloads.Load(), calls.Load())
+		t.Fatalf("%d overloads, %d handled: want the third request dropped", overloads.Load(), calls.Load())
 	}
 	close(release)
 	p.read(2 * time.Second)
-	time.Sleep(50 * time.Millisecond) // the worker is released just after its answer leaves
+	p.read(2 * time.Second)
+	if calls.Load() != 2 {
+		t.Fatalf("the waiting request was not handled: %d handled", calls.Load())
+	}
 	// The dropped request is not remembered: its retransmission is handled.
-	p.send(addr, second)
-	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 200") || calls.Load() != 2 {
+	p.send(addr, third)
+	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 200") || calls.Load() != 3 {
 		t.Fatalf("retransmission after the overload: %q, %d handled", got, calls.Load())
 	}
 }
