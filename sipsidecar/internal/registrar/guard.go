@@ -28,8 +28,20 @@ type Guard struct {
 	once    sync.Once
 	mu      sync.Mutex
 	buckets map[string]*bucket
+	bans    map[string]banMemo // what Bans said of an address, for banRecheck
 	swept   time.Time
 }
+
+// banMemo is a remembered answer of Bans.Banned.
+type banMemo struct {
+	banned bool
+	until  time.Time
+}
+
+// banRecheck is how long an answer of Bans.Banned stands. With Redis every request would
+// otherwise cost a round trip before any work; a ban made by another sidecar therefore
+// takes effect here within this time (this sidecar's own bans at once).
+const banRecheck = time.Second
 
 type bucket struct {
 	tokens float64
@@ -69,6 +81,7 @@ func (g *Guard) init() {
 			g.Logger = slog.Default()
 		}
 		g.buckets = map[string]*bucket{}
+		g.bans = map[string]banMemo{}
 	})
 }
 
@@ -86,13 +99,36 @@ func (g *Guard) admit(ctx context.Context, req *sip.Request, src Source, now tim
 			}
 		}
 	}
-	if banned, err := g.Bans.Banned(ctx, src.IP); err == nil && banned {
+	if g.banned(ctx, src.IP, now) {
 		return "banned"
 	}
 	if !g.take(src.IP, now) {
 		return "rate_limited"
 	}
 	return ""
+}
+
+// banned asks Bans, or remembers its answer from less than banRecheck ago. A store that
+// cannot answer bans nobody (the rate limit still holds), and that is not remembered.
+func (g *Guard) banned(ctx context.Context, ip string, now time.Time) bool {
+	g.mu.Lock()
+	m, ok := g.bans[ip]
+	g.mu.Unlock()
+	if ok && now.Before(m.until) {
+		return m.banned
+	}
+	banned, err := g.Bans.Banned(ctx, ip)
+	if err != nil {
+		return false
+	}
+	g.remember(ip, banned, now.Add(banRecheck))
+	return banned
+}
+
+func (g *Guard) remember(ip string, banned bool, until time.Time) {
+	g.mu.Lock()
+	g.bans[ip] = banMemo{banned: banned, until: until}
+	g.mu.Unlock()
 }
 
 // take spends one token of ip's bucket.
@@ -104,6 +140,11 @@ func (g *Guard) take(ip string, now time.Time) bool {
 		for k, b := range g.buckets {
 			if now.Sub(b.last) > time.Minute {
 				delete(g.buckets, k)
+			}
+		}
+		for k, m := range g.bans {
+			if now.After(m.until) {
+				delete(g.bans, k)
 			}
 		}
 	}
@@ -132,6 +173,7 @@ func (g *Guard) failed(ctx context.Context, src Source, now time.Time) {
 		return
 	}
 	if err := g.Bans.Ban(ctx, src.IP, g.BanFor); err == nil {
+		g.remember(src.IP, true, now.Add(banRecheck))
 		g.Logger.Warn("SIP_SOURCE_BANNED", "ip", src.IP, "failures", n, "for", g.BanFor.String())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -281,5 +282,47 @@ func TestHeaderLookupIgnoresCase(t *testing.T) {
 	}
 	if header(req, "retry-after") != nil || headers(req, "retry-after") != nil {
 		t.Fatal("found a header that is not there")
+	}
+}
+
+// countingBans is a Bans whose answers the test sets, counting the questions.
+type countingBans struct {
+	location.Bans
+	asked  atomic.Int32
+	banned atomic.Bool
+}
+
+func (b *countingBans) Banned(context.Context, string) (bool, error) {
+	b.asked.Add(1)
+	return b.banned.Load(), nil
+}
+
+func TestGuardRemembersBanAnswersBriefly(t *testing.T) {
+	bans := &countingBans{Bans: location.NewMemoryBans(nil)}
+	g := &Guard{Rate: 1000, Burst: 1000, Bans: bans}
+	req := msg(t, reg("Contact: <sip:201@127.0.0.1:5070>"), "")
+	src := Source{IP: "192.0.2.9", Port: 5060, Transport: "udp"}
+	t0 := time.Unix(1_700_000_000, 0)
+	for i := range 5 {
+		if why := g.admit(context.Background(), req, src, t0.Add(time.Duration(i)*100*time.Millisecond)); why != "" {
+			t.Fatalf("request %d dropped: %s", i, why)
+		}
+	}
+	if n := bans.asked.Load(); n != 1 {
+		t.Fatalf("Bans asked %d times within a second, want 1", n)
+	}
+	// A ban made elsewhere shows once the remembered answer is older than banRecheck.
+	bans.banned.Store(true)
+	if why := g.admit(context.Background(), req, src, t0.Add(banRecheck+time.Millisecond)); why != "banned" {
+		t.Fatalf("after banRecheck: %q, want banned", why)
+	}
+	// This guard's own ban holds at once, without waiting for a recheck.
+	other := Source{IP: "192.0.2.10", Port: 5060, Transport: "udp"}
+	g.admit(context.Background(), req, other, t0) // remembered as not banned
+	g.MaxFailures = 1
+	g.failed(context.Background(), other, t0)
+	bans.banned.Store(false) // the store says nothing new: the guard's own ban must still hold
+	if why := g.admit(context.Background(), req, other, t0.Add(time.Millisecond)); why != "banned" {
+		t.Fatalf("own ban: %q, want banned", why)
 	}
 }
