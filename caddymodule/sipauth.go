@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -105,7 +104,7 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	var req sipAuthRequest
-	if err := decodeStrictJSON(body, &req); err != nil {
+	if err := decodeSIPAuthRequest(body, &req); err != nil {
 		metrics.sipAuth.WithLabelValues("bad_request").Inc()
 		writeError(w, http.StatusBadRequest, msgBadRequest, now)
 		return nil
@@ -122,7 +121,7 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	w.Header()[sipAuthBatchHeader] = sipAuthBatchOffer
-	writeJSON(w, http.StatusOK, ans)
+	writeRaw(w, http.StatusOK, sipAuthAnswerJSON(&ans))
 	return nil
 }
 
@@ -143,16 +142,16 @@ var sipAuthBatchOffer = []string{strconv.Itoa(maxSIPAuthBatch)}
 // phone's odd digest cannot spoil the verdicts of the others in its batch.
 func (a *API) sipAuthBatch(w http.ResponseWriter, r *http.Request, body []byte) error {
 	now := a.app.now()
-	var items []json.RawMessage
-	if err := json.Unmarshal(body, &items); err != nil || len(items) == 0 || len(items) > maxSIPAuthBatch {
+	items, ok := decodeSIPAuthBatch(body)
+	if !ok {
 		metrics.sipAuth.WithLabelValues("bad_request").Inc()
 		writeError(w, http.StatusBadRequest, msgBadRequest, now)
 		return nil
 	}
 	answers := make([]sipAuthAnswer, len(items))
-	for i, raw := range items {
-		var req sipAuthRequest
-		if len(raw) > maxSIPAuthBody || decodeStrictJSON(raw, &req) != nil {
+	for i := range items {
+		req := &items[i].req
+		if !items[i].valid {
 			metrics.sipAuth.WithLabelValues("bad_request").Inc()
 			answers[i] = sipAuthFailed
 			continue
@@ -163,7 +162,7 @@ func (a *API) sipAuthBatch(w http.ResponseWriter, r *http.Request, body []byte) 
 			answers[i] = sipAuthFailed
 			continue
 		}
-		ans, err := a.decideSIPAuth(r, &req, creds)
+		ans, err := a.decideSIPAuth(r, req, creds)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)
 			return nil
@@ -171,7 +170,7 @@ func (a *API) sipAuthBatch(w http.ResponseWriter, r *http.Request, body []byte) 
 		answers[i] = ans
 	}
 	w.Header()[sipAuthBatchHeader] = sipAuthBatchOffer
-	writeJSON(w, http.StatusOK, answers)
+	writeRaw(w, http.StatusOK, sipAuthAnswersJSON(answers))
 	return nil
 }
 

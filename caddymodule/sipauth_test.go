@@ -16,7 +16,7 @@ import (
 
 // digestBody builds a jambonz callback body for user/secret as a phone would answer the
 // challenge (qop=auth unless qop is empty).
-func digestBody(t *testing.T, user, secret, realm, alg, qop string) map[string]any {
+func digestBody(t testing.TB, user, secret, realm, alg, qop string) map[string]any {
 	t.Helper()
 	c := sipdigest.Credentials{Username: user, Realm: realm, Nonce: "n0nce-abc", URI: "sip:pbx.example.com",
 		Algorithm: alg, QOP: qop}
