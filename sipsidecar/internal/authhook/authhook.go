@@ -15,9 +15,10 @@ import (
 	"net/http"
 	neturl "net/url"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/coalesce"
 )
 
 // Request is the callback body (jambonz contract plus the observed source).
@@ -78,10 +79,7 @@ type Client struct {
 	maxBatch  int
 	batch     atomic.Int32 // callbacks per request the hook takes; <= 1: one at a time
 
-	mu      sync.Mutex
-	queue   []*pending    // callbacks waiting for a batch
-	senders int           // batch senders running
-	wake    chan struct{} // tells an idle sender the queue has work
+	batches *coalesce.Queue[*pending] // callbacks waiting for a batch
 }
 
 // BatchHeader is the answer header by which a hook says it takes a JSON array of callback
@@ -128,7 +126,7 @@ func New(o Options) (*Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = o.Concurrency
 	tr.ResponseHeaderTimeout = o.Timeout
-	return &Client{
+	c := &Client{
 		url:       o.URL,
 		secret:    []byte(o.Secret),
 		user:      o.Username,
@@ -139,8 +137,14 @@ func New(o Options) (*Client, error) {
 		timeout:   o.Timeout,
 		now:       o.Now,
 		maxBatch:  o.MaxBatch,
-		wake:      make(chan struct{}, 1),
-	}, nil
+	}
+	c.batches = &coalesce.Queue[*pending]{
+		Send:      c.sendBatch,
+		Limit:     func() int { return min(int(c.batch.Load()), c.maxBatch) },
+		Senders:   batchSenders,
+		MaxQueued: o.Concurrency * o.MaxBatch,
+	}
+	return c, nil
 }
 
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -298,68 +302,14 @@ const batchSenders = 2
 // viaBatch queues body for the next batch and waits for its verdict.
 func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
 	p := &pending{body: body, done: make(chan outcome, 1)}
-	c.mu.Lock()
-	if len(c.queue) >= cap(c.slots)*c.maxBatch {
-		c.mu.Unlock()
-		return Verdict{}, fmt.Errorf("%w: %d callbacks already queued", ErrUnavailable, cap(c.slots)*c.maxBatch)
-	}
-	c.queue = append(c.queue, p)
-	start := c.senders < batchSenders
-	if start {
-		c.senders++
-	}
-	c.mu.Unlock()
-	if start {
-		go c.sendBatches()
-	} else {
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
+	if !c.batches.Add(p) {
+		return Verdict{}, fmt.Errorf("%w: %d callbacks already queued", ErrUnavailable, c.batches.MaxQueued)
 	}
 	select {
 	case o := <-p.done:
 		return o.v, o.err
 	case <-ctx.Done():
 		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-	}
-}
-
-// senderLinger is how long an idle batch sender waits for more work before it ends: under
-// a steady load senders live on (a new goroutine would grow its stack through the HTTP
-// client again for every burst), and an idle sidecar keeps none.
-const senderLinger = time.Second
-
-// sendBatches sends what is queued, a batch at a time, until the queue has stayed empty
-// for senderLinger.
-func (c *Client) sendBatches() {
-	idle := time.NewTimer(senderLinger)
-	defer idle.Stop()
-	for {
-		c.mu.Lock()
-		if len(c.queue) == 0 {
-			c.mu.Unlock()
-			idle.Reset(senderLinger)
-			select {
-			case <-c.wake:
-				continue
-			case <-idle.C:
-			}
-			c.mu.Lock()
-			if len(c.queue) > 0 {
-				c.mu.Unlock()
-				continue
-			}
-			c.senders--
-			c.mu.Unlock()
-			return
-		}
-		n := min(len(c.queue), int(c.batch.Load()), c.maxBatch)
-		n = max(n, 1)
-		batch := append([]*pending(nil), c.queue[:n]...)
-		c.queue = append(c.queue[:0], c.queue[n:]...)
-		c.mu.Unlock()
-		c.sendBatch(batch)
 	}
 }
 

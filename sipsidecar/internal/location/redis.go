@@ -40,6 +40,7 @@ import (
 // Redis is the Store shared by several sidecars; bindings survive a sidecar restart.
 type Redis struct {
 	c      redis.UniversalClient
+	p      *pipe // the REGISTER path's commands
 	prefix string
 	owned  bool
 }
@@ -52,7 +53,7 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 	if prefix == "" {
 		prefix = "sipsidecar:"
 	}
-	return &Redis{c: client, prefix: prefix}
+	return &Redis{c: client, p: newPipe(client), prefix: prefix}
 }
 
 // OpenRedis connects to a redis://, rediss:// or unix:// URL with timeouts short enough that
@@ -164,7 +165,7 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 	key := r.aorKey(aor)
 	keys := []string{key, r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
 	for attempt := range maxTxRetries {
-		m, err := r.c.HGetAll(ctx, key).Result()
+		m, err := r.p.hgetall(ctx, key)
 		if err != nil {
 			return nil, unavailable(err)
 		}
@@ -190,7 +191,7 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 		if err != nil {
 			return nil, err
 		}
-		done, err := casSet.Run(ctx, r.c, keys, args...).Int()
+		done, err := r.p.script(ctx, casSet, keys, args...).Int()
 		if err != nil {
 			return nil, unavailable(err)
 		}
@@ -281,7 +282,7 @@ func casArgs(aor string, read map[string]string, stored, next []Binding) ([]any,
 
 // Lookup implements Store.
 func (r *Redis) Lookup(ctx context.Context, aor string, now time.Time) ([]Binding, error) {
-	m, err := r.c.HGetAll(ctx, r.aorKey(aor)).Result()
+	m, err := r.p.hgetall(ctx, r.aorKey(aor))
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -376,7 +377,7 @@ return 1`)
 // UseNonce implements Store. A ttl below a millisecond counts as one millisecond.
 func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error {
 	ms := max(ttl.Milliseconds(), 1)
-	ok, err := useNonce.Run(ctx, r.c, []string{r.prefix + "nonce:" + nonce}, nc, ms).Int()
+	ok, err := r.p.script(ctx, useNonce, []string{r.prefix + "nonce:" + nonce}, nc, ms).Int()
 	if err != nil {
 		return unavailable(err)
 	}

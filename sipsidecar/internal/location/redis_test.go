@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -326,3 +328,92 @@ func BenchmarkRedisUpdateParallel(b *testing.B) { benchRedis(b, benchUpdateParal
 func BenchmarkRedisLookup(b *testing.B)         { benchRedis(b, benchLookup) }
 func BenchmarkRedisUseNonce(b *testing.B)       { benchRedis(b, benchUseNonce) }
 func BenchmarkRedisExpire(b *testing.B)         { benchRedis(b, benchExpire) }
+
+// pipelineCounter counts what a client sends: single commands and pipelines.
+type pipelineCounter struct {
+	singles, pipelines, piped atomic.Int32
+}
+
+func (c *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.singles.Add(1); return next(ctx, cmd) }
+}
+func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.pipelines.Add(1)
+		c.piped.Add(int32(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+func TestRedisConcurrentCommandsSharePipelines(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	counter := &pipelineCounter{}
+	raw.AddHook(counter)
+	s := location.NewRedis(raw, "")
+	ctx := context.Background()
+	now := time.Now()
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for i := range n {
+		wg.Go(func() {
+			aor := "u" + strconv.Itoa(i) + "@pbx"
+			_, err := s.Update(ctx, aor, now, func([]location.Binding) ([]location.Binding, error) {
+				return []location.Binding{{AOR: aor, Contact: "sip:" + aor, ExpiresAt: now.Add(time.Hour), CallID: "c", CSeq: 1}}, nil
+			})
+			errs <- err
+			errs <- s.UseNonce(ctx, "nonce-"+strconv.Itoa(i), 1, time.Minute)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		bs, err := s.Lookup(ctx, "u"+strconv.Itoa(i)+"@pbx", now)
+		if err != nil || len(bs) != 1 {
+			t.Fatalf("u%d: %v %v", i, bs, err)
+		}
+	}
+	// 3 commands per goroutine (read, compare-and-set, nonce) plus the lookups.
+	if got := counter.piped.Load(); got < 4*n {
+		t.Fatalf("%d commands went through pipelines, want at least %d", got, 4*n)
+	}
+	if p := counter.pipelines.Load(); p >= counter.piped.Load() {
+		t.Fatalf("%d pipelines for %d commands: nothing was shared", p, counter.piped.Load())
+	}
+}
+
+func TestRedisScriptsSurviveAFlush(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	s := location.NewRedis(raw, "")
+	ctx := context.Background()
+	if err := s.UseNonce(ctx, "n1", 1, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// A restarted Redis (or SCRIPT FLUSH) no longer knows the scripts: EVALSHA says NOSCRIPT.
+	if err := raw.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UseNonce(ctx, "n1", 2, time.Minute); err != nil {
+		t.Fatalf("after SCRIPT FLUSH: %v", err)
+	}
+	if err := s.UseNonce(ctx, "n1", 2, time.Minute); !errors.Is(err, location.ErrReplay) {
+		t.Fatalf("replayed nc after the flush: %v, want ErrReplay", err)
+	}
+	now := time.Now()
+	raw.ScriptFlush(ctx)
+	if _, err := s.Update(ctx, "201@pbx", now, func([]location.Binding) ([]location.Binding, error) {
+		return []location.Binding{{AOR: "201@pbx", Contact: "sip:201@h", ExpiresAt: now.Add(time.Hour)}}, nil
+	}); err != nil {
+		t.Fatalf("Update after SCRIPT FLUSH: %v", err)
+	}
+}

@@ -1,0 +1,103 @@
+// Package coalesce groups work that arrives while earlier work is on the wire, so that one
+// exchange carries many items: the auth hook's batched callbacks, the Redis commands of
+// concurrent REGISTERs in one pipeline. A lone item leaves at once, in a group of one;
+// under load the groups fill by themselves while the senders are busy.
+package coalesce
+
+import (
+	"sync"
+	"time"
+)
+
+// Queue hands queued items to Send in groups. The zero value is not usable: set Send.
+type Queue[T any] struct {
+	// Send delivers one group; it must answer every item in it.
+	Send func(group []T)
+	// Limit is the largest group (read before each one); nil or < 1 means 1.
+	Limit func() int
+	// Senders is how many groups may be in flight at once; default 1.
+	Senders int
+	// MaxQueued refuses Add beyond this many waiting items; 0 means no bound.
+	MaxQueued int
+
+	mu      sync.Mutex
+	queue   []T
+	senders int
+	wake    chan struct{}
+}
+
+// linger is how long an idle sender waits for more work before it ends: under a steady
+// load senders live on (a new goroutine would grow its stack through Send again for every
+// burst), and an idle process keeps none.
+const linger = time.Second
+
+// Add queues item; false means the queue is full and item was not taken.
+func (q *Queue[T]) Add(item T) bool {
+	q.mu.Lock()
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	if q.MaxQueued > 0 && len(q.queue) >= q.MaxQueued {
+		q.mu.Unlock()
+		return false
+	}
+	q.queue = append(q.queue, item)
+	start := q.senders < max(q.Senders, 1)
+	if start {
+		q.senders++
+	}
+	q.mu.Unlock()
+	if start {
+		go q.run()
+		return true
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Len is the number of items waiting for a sender.
+func (q *Queue[T]) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.queue)
+}
+
+// run sends groups until the queue has stayed empty for linger.
+func (q *Queue[T]) run() {
+	idle := time.NewTimer(linger)
+	defer idle.Stop()
+	for {
+		q.mu.Lock()
+		if len(q.queue) == 0 {
+			q.mu.Unlock()
+			idle.Reset(linger)
+			select {
+			case <-q.wake:
+				continue
+			case <-idle.C:
+			}
+			q.mu.Lock()
+			if len(q.queue) > 0 {
+				q.mu.Unlock()
+				continue
+			}
+			q.senders--
+			q.mu.Unlock()
+			return
+		}
+		limit := 1
+		if q.Limit != nil {
+			limit = max(q.Limit(), 1)
+		}
+		n := min(len(q.queue), limit)
+		group := append([]T(nil), q.queue[:n]...)
+		rest := copy(q.queue, q.queue[n:])
+		clear(q.queue[rest:]) // no references kept past the queue's end
+		q.queue = q.queue[:rest]
+		q.mu.Unlock()
+		q.Send(group)
+	}
+}

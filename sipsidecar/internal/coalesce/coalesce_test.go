@@ -1,0 +1,99 @@
+package coalesce
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestQueue(t *testing.T) {
+	t.Run("every item is sent once, in groups within the limit, by at most Senders at once", func(t *testing.T) {
+		var mu sync.Mutex
+		seen := map[int]int{}
+		var inFlight, most, largest atomic.Int32
+		q := &Queue[int]{Senders: 2, Limit: func() int { return 8 }}
+		q.Send = func(group []int) {
+			n := inFlight.Add(1)
+			for {
+				m := most.Load()
+				if n <= m || most.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			if l := int32(len(group)); l > largest.Load() {
+				largest.Store(l)
+			}
+			time.Sleep(time.Millisecond) // on the wire
+			mu.Lock()
+			for _, v := range group {
+				seen[v]++
+			}
+			mu.Unlock()
+			inFlight.Add(-1)
+		}
+		var wg sync.WaitGroup
+		for i := range 500 {
+			wg.Go(func() {
+				if !q.Add(i) {
+					t.Errorf("item %d refused without a bound", i)
+				}
+			})
+		}
+		wg.Wait()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			n := len(seen)
+			mu.Unlock()
+			if n == 500 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range 500 {
+			if seen[i] != 1 {
+				t.Fatalf("item %d sent %d times", i, seen[i])
+			}
+		}
+		if most.Load() > 2 || largest.Load() > 8 || largest.Load() < 2 {
+			t.Fatalf("%d senders at once (max 2), largest group %d (want 2..8)", most.Load(), largest.Load())
+		}
+	})
+
+	t.Run("a full queue refuses", func(t *testing.T) {
+		release := make(chan struct{})
+		q := &Queue[int]{MaxQueued: 3, Send: func([]int) { <-release }}
+		q.Add(0) // taken by the sender, which then blocks
+		for q.Len() != 0 {
+			runtime.Gosched()
+		}
+		for i := 1; i <= 3; i++ {
+			if !q.Add(i) {
+				t.Fatalf("item %d refused below the bound", i)
+			}
+		}
+		if q.Add(4) {
+			t.Fatal("item beyond MaxQueued was taken")
+		}
+		close(release)
+	})
+
+	t.Run("idle senders end", func(t *testing.T) {
+		before := runtime.NumGoroutine()
+		q := &Queue[int]{Senders: 3, Send: func([]int) {}}
+		for i := range 10 {
+			q.Add(i)
+		}
+		deadline := time.Now().Add(linger + 2*time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			t.Fatalf("%d goroutines after linger, %d before", n, before)
+		}
+	})
+}
