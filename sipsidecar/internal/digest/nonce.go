@@ -11,8 +11,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"hash"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -35,6 +37,7 @@ type Nonces struct {
 	secret []byte
 	ttl    time.Duration
 	now    func() time.Time
+	macs   sync.Pool // of keyed hmac hash.Hash
 }
 
 // NewNonces returns a nonce maker; ttl is how long a nonce is fresh (then stale), now may be
@@ -54,10 +57,18 @@ func NewNonces(secret []byte, ttl time.Duration, now func() time.Time) *Nonces {
 // TTL is how long a nonce stays fresh.
 func (n *Nonces) TTL() time.Duration { return n.ttl }
 
+// mac is the first 16 bytes of HMAC-SHA256(secret, body). Keyed HMACs are pooled: a new
+// one hashes the key's pads again and allocates for every nonce made or checked.
 func (n *Nonces) mac(body []byte) []byte {
-	m := hmac.New(sha256.New, n.secret)
+	m, _ := n.macs.Get().(hash.Hash)
+	if m == nil {
+		m = hmac.New(sha256.New, n.secret)
+	}
+	m.Reset()
 	m.Write(body)
-	return m.Sum(nil)[:16]
+	out := m.Sum(make([]byte, 0, sha256.Size))[:16]
+	n.macs.Put(m)
+	return out
 }
 
 // Make returns a fresh nonce of token-safe characters.
