@@ -16,10 +16,12 @@ import (
 // Expire reports them), so Expire touches only AORs that are due, never the whole table.
 // Nonce counters sit in a map with their own expiry heap, swept a little on every call.
 type Memory struct {
-	mu     sync.RWMutex // readers: Lookup, Known, AORs
-	aors   map[string]*aorEntry
-	due    aorHeap
-	known  map[string]string
+	mu    sync.RWMutex // readers: Lookup, Known, AORs
+	aors  map[string]*aorEntry
+	due   aorHeap
+	known map[string]string
+
+	nmu    sync.Mutex // nonce counters: apart from the bindings, so the two never wait on each other
 	nonces map[string]nonceCount
 	ndue   nonceHeap
 	now    func() time.Time // nonce TTLs only; binding times come from the caller
@@ -171,8 +173,8 @@ func (m *Memory) AORs(_ context.Context, now time.Time) ([]string, error) {
 // UseNonce implements Store. A ttl below a millisecond counts as one millisecond, as in Redis.
 func (m *Memory) UseNonce(_ context.Context, nonce string, nc uint64, ttl time.Duration) error {
 	ttl = max(ttl, time.Millisecond)
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.nmu.Lock()
+	defer m.nmu.Unlock()
 	now := m.now()
 	// Forget counters whose TTL passed; a heap entry whose counter was renewed since is skipped.
 	for m.ndue.Len() > 0 && !now.Before(m.ndue[0].end) {
