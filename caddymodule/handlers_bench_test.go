@@ -89,14 +89,7 @@ func startBenchGateway(b *testing.B) (*testGateway, string) {
 // over loopback to the same server, as in production.
 func BenchmarkHandlerChain(b *testing.B) {
 	g, access := startBenchGateway(b)
-	httpApp, err := caddy.ActiveContext().App("http")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var srv http.Handler
-	for _, s := range httpApp.(*caddyhttp.App).Servers {
-		srv = s
-	}
+	srv := activeServer(b)
 	for _, rt := range benchRoutes(access) {
 		b.Run(rt.name, func(b *testing.B) {
 			base := httptest.NewRequest("GET", g.Base+rt.path, nil)
@@ -233,4 +226,19 @@ func cpuTime() time.Duration {
 // reportCPU reports the CPU time per operation since start.
 func reportCPU(b *testing.B, start time.Duration) {
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
+
+// activeServer is the running config's HTTP server (the test gateways have one), to drive
+// its handler chain without a network.
+func activeServer(tb testing.TB) http.Handler {
+	tb.Helper()
+	httpApp, err := caddy.ActiveContext().App("http")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var srv http.Handler
+	for _, s := range httpApp.(*caddyhttp.App).Servers {
+		srv = s
+	}
+	return srv
 }

@@ -12,9 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
 	"github.com/softphone-gateway/softphone-gateway/internal/sipdigest"
 )
 
@@ -73,14 +70,7 @@ func sidecarBatch(n int) []byte {
 // provisioned server's handler chain (no network): decoding, 64 digests, the answer array.
 func BenchmarkSIPAuthBatchHandler(b *testing.B) {
 	g := startGateway(b, "sip_auth {\n max_expires 1800\n}", "softphone_api")
-	httpApp, err := caddy.ActiveContext().App("http")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var srv http.Handler
-	for _, s := range httpApp.(*caddyhttp.App).Servers {
-		srv = s
-	}
+	srv := activeServer(b)
 	body := sidecarBatch(maxSIPAuthBatch)
 	base := httptest.NewRequest("POST", g.API+"/sip/auth", nil)
 	base.RemoteAddr = "127.0.0.1:40000"

@@ -3,7 +3,6 @@ package location
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -76,7 +75,7 @@ func (p *pipe) script(ctx context.Context, s *redis.Script, keys []string, args 
 	}
 	a = append(a, args...)
 	cmd := redis.NewCmd(ctx, a...)
-	if err := p.do(ctx, cmd); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+	if err := p.do(ctx, cmd); redis.HasErrorPrefix(err, "NOSCRIPT") {
 		return s.Run(ctx, p.c, keys, args...)
 	}
 	return cmd
