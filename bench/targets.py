@@ -41,7 +41,9 @@ for store in ("memory", "redis"):
     r = num(guard[2]) / num(unp[2])
     add(f"`softphone_guard` ≥ 0.9× unprotected ({store} store)", f"{r:.2f}×", r >= 0.9)
     r = num(fa[2]) / num(unp[2])
-    add(f"`forward_auth` ≥ 0.5× unprotected ({store} store)", f"{r:.2f}×", r >= 0.5)
+    ceiling = find(store, "file behind `forward_auth` → bare")
+    note = f" (forward_auth to a bare `respond 200`: {num(ceiling[2]) / num(unp[2]):.2f}×)" if ceiling else ""
+    add(f"`forward_auth` ≥ 0.5× unprotected ({store} store)", f"{r:.2f}×{note}", r >= 0.5)
 
 kam = find("Kamailio")
 for store, want in (("memory", 1.0), ("redis", 0.7)):
