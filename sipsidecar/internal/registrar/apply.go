@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -180,9 +181,27 @@ func (r *Registrar) ok(req *sip.Request, bindings []location.Binding, natKeys ma
 		}
 		res.AppendHeader(sip.NewHeader("Contact", v))
 	}
-	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")))
+	res.AppendHeader(sip.NewHeader("Date", sipDate(now)))
 	return res
 }
+
+// sipDate is now as a SIP Date (RFC 3261 §20.17), formatted once per second.
+func sipDate(now time.Time) string {
+	sec := now.Unix()
+	if d := lastDate.Load(); d != nil && d.sec == sec {
+		return d.text
+	}
+	d := &formattedDate{sec: sec, text: now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")}
+	lastDate.Store(d)
+	return d.text
+}
+
+type formattedDate struct {
+	sec  int64
+	text string
+}
+
+var lastDate atomic.Pointer[formattedDate]
 
 func indexOf(bs []location.Binding, key string) int {
 	for i, b := range bs {

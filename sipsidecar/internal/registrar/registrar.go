@@ -6,9 +6,13 @@ package registrar
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -170,12 +174,98 @@ func (r *Registrar) count(result string) {
 	}
 }
 
-// reply builds a response carrying Allow and Server.
+// reply builds a response carrying Allow and Server, with the headers RFC 3261 §8.2.6.2
+// copies from the request: every Via, From, Call-ID and CSeq, and To with a tag added when
+// it has none (plus Record-Route on a 2xx to OPTIONS, as sipgo does).
+//
+// It does what sipgo's NewResponseFromRequest does, but shares the request's header values
+// instead of cloning each one, and draws the tag from a buffer of random bytes instead of
+// a UUID read from crypto/rand every time: together 5% of the sidecar's CPU at 18,000
+// REGISTERs/s. The request is finished with once it is answered, and nothing changes a
+// header after it is appended, so sharing is safe; the two headers the answer changes,
+// To (tag) and the top Via (rport and received, RFC 3581 §4), are copied first.
 func (r *Registrar) reply(req *sip.Request, code int, reason string) *sip.Response {
-	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res := sip.NewResponse(code, reason)
+	res.SipVersion = req.SipVersion
+	if req.Method != sip.REGISTER && code >= 200 && code < 300 {
+		for _, h := range req.Headers() {
+			if strings.EqualFold(h.Name(), "Record-Route") {
+				res.AppendHeader(h)
+			}
+		}
+	}
+	top := true
+	for _, h := range req.Headers() {
+		via, ok := h.(*sip.ViaHeader)
+		if !ok {
+			continue
+		}
+		if top {
+			top = false
+			if v, ok := via.Params.Get("rport"); ok && v == "" {
+				via = withRport(via, req.Source())
+			}
+		}
+		res.AppendHeader(via)
+	}
+	if h := req.From(); h != nil {
+		res.AppendHeader(h)
+	}
+	if h := req.To(); h != nil {
+		if !h.Params.Has("tag") {
+			to := *h
+			to.Params = append(h.Params.Clone(), sip.HeaderKV{K: "tag", V: newTag()})
+			h = &to
+		}
+		res.AppendHeader(h)
+	}
+	if h := req.CallID(); h != nil {
+		res.AppendHeader(h)
+	}
+	if h := req.CSeq(); h != nil {
+		res.AppendHeader(h)
+	}
+	res.SetBody(nil) // Content-Length: 0
+	res.SetTransport(req.Transport())
+	res.SetDestination(req.Source())
 	res.AppendHeader(sip.NewHeader("Allow", allowed))
 	res.AppendHeader(sip.NewHeader("Server", r.cfg.ServerName))
 	return res
+}
+
+// withRport is a copy of via with the rport the phone asked for filled in, and received.
+func withRport(via *sip.ViaHeader, source string) *sip.ViaHeader {
+	host, port, err := net.SplitHostPort(source)
+	if err != nil {
+		return via
+	}
+	v := *via
+	v.Params = via.Params.Clone()
+	v.Params.Add("rport", port)
+	v.Params.Add("received", host)
+	return &v
+}
+
+// tags hands out To tags: 64 random bits each (RFC 3261 §19.3 asks for at least 32),
+// hex-encoded, from a buffer crypto/rand refills.
+var tags struct {
+	sync.Mutex
+	buf [1024]byte
+	off int
+}
+
+func newTag() string {
+	tags.Lock()
+	if tags.off == 0 || tags.off+8 > len(tags.buf) {
+		rand.Read(tags.buf[:]) // never fails (crypto/rand panics rather than return short)
+		tags.off = 0
+	}
+	var b [8]byte
+	copy(b[:], tags.buf[tags.off:tags.off+8])
+	clear(tags.buf[tags.off : tags.off+8]) // a tag is handed out once
+	tags.off += 8
+	tags.Unlock()
+	return hex.EncodeToString(b[:])
 }
 
 // unavailable is a 503 with Retry-After: the phone tries again later, nothing was stored.
