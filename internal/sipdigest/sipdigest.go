@@ -11,7 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
+	"slices"
 	"strings"
 )
 
@@ -63,7 +63,8 @@ func Parse(header string) (Credentials, error) {
 	if !strings.EqualFold(scheme, "Digest") {
 		return c, ErrNotDigest
 	}
-	seen := make(map[string]bool, 10)
+	var seen uint16      // the known parameters met so far, one bit each
+	var unknown []string // the others, lower-cased (rare: a phone sends one or two)
 	for {
 		rest = strings.TrimLeft(rest, " \t\r\n,")
 		if rest == "" {
@@ -73,30 +74,14 @@ func Parse(header string) (Credentials, error) {
 		if eq <= 0 {
 			return c, fmt.Errorf("%w: parameter without value", ErrMalformed)
 		}
-		key := strings.ToLower(strings.TrimSpace(rest[:eq]))
+		key := strings.TrimSpace(rest[:eq])
 		rest = strings.TrimLeft(rest[eq+1:], " \t")
 		var val string
 		if strings.HasPrefix(rest, `"`) {
-			end := -1
-			var b strings.Builder
-			for i := 1; i < len(rest); i++ {
-				ch := rest[i]
-				if ch == '\\' && i+1 < len(rest) {
-					i++
-					b.WriteByte(rest[i])
-					continue
-				}
-				if ch == '"' {
-					end = i
-					break
-				}
-				b.WriteByte(ch)
-			}
-			if end < 0 {
+			var ok bool
+			if val, rest, ok = quoted(rest); !ok {
 				return c, fmt.Errorf("%w: unterminated quoted value", ErrMalformed)
 			}
-			val = b.String()
-			rest = rest[end+1:]
 		} else {
 			end := strings.IndexAny(rest, ", \t\r\n")
 			if end < 0 {
@@ -105,44 +90,32 @@ func Parse(header string) (Credentials, error) {
 			val = rest[:end]
 			rest = rest[end:]
 		}
-		if seen[key] {
-			return c, fmt.Errorf("%w: %s given twice", ErrMalformed, key)
+		id := paramID(key)
+		if id < 0 {
+			key = strings.ToLower(key)
+			if slices.Contains(unknown, key) {
+				return c, fmt.Errorf("%w: %s given twice", ErrMalformed, key)
+			}
+			unknown = append(unknown, key)
+			continue
 		}
-		seen[key] = true
-		switch key {
-		case "username":
-			c.Username = val
-		case "realm":
-			c.Realm = val
-		case "nonce":
-			c.Nonce = val
-		case "uri":
-			c.URI = val
-		case "response":
-			c.Response = val
-		case "algorithm":
-			c.Algorithm = val
-		case "cnonce":
-			c.CNonce = val
-		case "qop":
-			c.QOP = val
-		case "nc":
-			c.NC = val
-		case "opaque":
-			c.Opaque = val
+		if seen&(1<<id) != 0 {
+			return c, fmt.Errorf("%w: %s given twice", ErrMalformed, params[id])
 		}
+		seen |= 1 << id
+		*c.field(id) = val
 	}
 	if c.Username == "" || c.Realm == "" || c.Nonce == "" || c.URI == "" || c.Response == "" {
 		return c, fmt.Errorf("%w: missing a required parameter", ErrMalformed)
 	}
 	if c.Algorithm == "" {
-		if seen["algorithm"] {
+		if seen&(1<<paramAlgorithm) != 0 {
 			return c, fmt.Errorf("%w: empty algorithm", ErrAlgorithm)
 		}
 		c.Algorithm = MD5
 	}
-	if _, err := newHash(c.Algorithm); err != nil {
-		return c, err
+	if !strings.EqualFold(c.Algorithm, MD5) && !strings.EqualFold(c.Algorithm, SHA256) {
+		return c, ErrAlgorithm
 	}
 	if c.QOP != "" && (c.QOP != "auth" || c.NC == "" || c.CNonce == "") {
 		return c, fmt.Errorf("%w: qop needs auth, nc and cnonce", ErrMalformed)
@@ -150,33 +123,88 @@ func Parse(header string) (Credentials, error) {
 	return c, nil
 }
 
-func newHash(alg string) (hash.Hash, error) {
-	switch {
-	case strings.EqualFold(alg, MD5):
-		return md5.New(), nil
-	case strings.EqualFold(alg, SHA256):
-		return sha256.New(), nil
+// params are the parameters Parse reads, by id; paramAlgorithm is algorithm's.
+var params = [...]string{"username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "qop", "nc", "opaque"}
+
+const paramAlgorithm = 5
+
+// paramID is key's index in params, in any case, or -1.
+func paramID(key string) int {
+	for i, p := range params {
+		if len(p) == len(key) && strings.EqualFold(p, key) {
+			return i
+		}
 	}
-	return nil, ErrAlgorithm
+	return -1
+}
+
+// field is where parameter id goes in c.
+func (c *Credentials) field(id int) *string {
+	return [...]*string{&c.Username, &c.Realm, &c.Nonce, &c.URI, &c.Response, &c.Algorithm, &c.CNonce, &c.QOP, &c.NC, &c.Opaque}[id]
+}
+
+// quoted reads the quoted-string s starts with and returns its value, unescaped, and what
+// follows it; ok is false when it is never closed. A value without a backslash, the usual
+// case, is a slice of s.
+func quoted(s string) (val, rest string, ok bool) {
+	for i := 1; i < len(s); i++ {
+		switch s[i] {
+		case '"':
+			return s[1:i], s[i+1:], true
+		case '\\':
+			return quotedEscaped(s)
+		}
+	}
+	return "", s, false
+}
+
+func quotedEscaped(s string) (val, rest string, ok bool) {
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
+		ch := s[i]
+		if ch == '\\' && i+1 < len(s) {
+			i++
+			b.WriteByte(s[i])
+			continue
+		}
+		if ch == '"' {
+			return b.String(), s[i+1:], true
+		}
+		b.WriteByte(ch)
+	}
+	return "", s, false
 }
 
 // h is H(parts joined by ':') in hex; an empty alg is MD5 (RFC 7616 §3.4: the default), an
-// unknown one gives "", which Equal never matches.
+// unknown one gives "", which Equal never matches. The joined input is built on the stack
+// when it is small, as it is for every header a phone sends, so the only allocation is
+// the hex string.
 func h(alg string, parts ...string) string {
-	if alg == "" {
-		alg = MD5
-	}
-	hh, err := newHash(alg)
-	if err != nil {
+	var md5alg bool
+	switch {
+	case alg == "" || strings.EqualFold(alg, MD5):
+		md5alg = true
+	case strings.EqualFold(alg, SHA256):
+	default:
 		return ""
 	}
+	var stack [512]byte
+	in := stack[:0]
 	for i, p := range parts {
 		if i > 0 {
-			hh.Write([]byte{':'})
+			in = append(in, ':')
 		}
-		hh.Write([]byte(p))
+		in = append(in, p...)
 	}
-	return hex.EncodeToString(hh.Sum(nil))
+	var out [2 * sha256.Size]byte
+	if md5alg {
+		sum := md5.Sum(in)
+		hex.Encode(out[:], sum[:])
+		return string(out[:2*md5.Size])
+	}
+	sum := sha256.Sum256(in)
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 // HA1 is H(username:realm:password) for alg ("" for an unsupported alg).

@@ -2,8 +2,11 @@ package sipdigest
 
 import (
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"hash"
 	"strings"
 	"testing"
 )
@@ -312,4 +315,143 @@ func BenchmarkResponseSHA256(b *testing.B) {
 	for b.Loop() {
 		Response(c, "REGISTER", HA1(c.Algorithm, c.Username, c.Realm, "Circle of Life"))
 	}
+}
+
+// parseReference is Parse as it was before its allocation-free rewrite, kept to hold the
+// rewrite to the same answers.
+func parseReference(header string) (Credentials, error) {
+	var c Credentials
+	if len(header) > MaxHeaderLen {
+		return c, fmt.Errorf("%w: too long", ErrMalformed)
+	}
+	s := strings.TrimSpace(header)
+	scheme, rest := s, ""
+	if i := strings.IndexAny(s, " \t\r\n"); i >= 0 {
+		scheme, rest = s[:i], s[i:]
+	}
+	if !strings.EqualFold(scheme, "Digest") {
+		return c, ErrNotDigest
+	}
+	seen := make(map[string]bool, 10)
+	for {
+		rest = strings.TrimLeft(rest, " \t\r\n,")
+		if rest == "" {
+			break
+		}
+		eq := strings.IndexByte(rest, '=')
+		if eq <= 0 {
+			return c, fmt.Errorf("%w: parameter without value", ErrMalformed)
+		}
+		key := strings.ToLower(strings.TrimSpace(rest[:eq]))
+		rest = strings.TrimLeft(rest[eq+1:], " \t")
+		var val string
+		if strings.HasPrefix(rest, `"`) {
+			end := -1
+			var b strings.Builder
+			for i := 1; i < len(rest); i++ {
+				ch := rest[i]
+				if ch == '\\' && i+1 < len(rest) {
+					i++
+					b.WriteByte(rest[i])
+					continue
+				}
+				if ch == '"' {
+					end = i
+					break
+				}
+				b.WriteByte(ch)
+			}
+			if end < 0 {
+				return c, fmt.Errorf("%w: unterminated quoted value", ErrMalformed)
+			}
+			val = b.String()
+			rest = rest[end+1:]
+		} else {
+			end := strings.IndexAny(rest, ", \t\r\n")
+			if end < 0 {
+				end = len(rest)
+			}
+			val = rest[:end]
+			rest = rest[end:]
+		}
+		if seen[key] {
+			return c, fmt.Errorf("%w: %s given twice", ErrMalformed, key)
+		}
+		seen[key] = true
+		switch key {
+		case "username":
+			c.Username = val
+		case "realm":
+			c.Realm = val
+		case "nonce":
+			c.Nonce = val
+		case "uri":
+			c.URI = val
+		case "response":
+			c.Response = val
+		case "algorithm":
+			c.Algorithm = val
+		case "cnonce":
+			c.CNonce = val
+		case "qop":
+			c.QOP = val
+		case "nc":
+			c.NC = val
+		case "opaque":
+			c.Opaque = val
+		}
+	}
+	if c.Username == "" || c.Realm == "" || c.Nonce == "" || c.URI == "" || c.Response == "" {
+		return c, fmt.Errorf("%w: missing a required parameter", ErrMalformed)
+	}
+	if c.Algorithm == "" {
+		if seen["algorithm"] {
+			return c, fmt.Errorf("%w: empty algorithm", ErrAlgorithm)
+		}
+		c.Algorithm = MD5
+	}
+	if _, err := newHash(c.Algorithm); err != nil {
+		return c, err
+	}
+	if c.QOP != "" && (c.QOP != "auth" || c.NC == "" || c.CNonce == "") {
+		return c, fmt.Errorf("%w: qop needs auth, nc and cnonce", ErrMalformed)
+	}
+	return c, nil
+}
+
+func FuzzParseSameAsReference(f *testing.F) {
+	for _, s := range []string{
+		rfc2617Header, rfc7616SHA256Header, noQOPHeader,
+		"Digest " + base + `, Username="again"`,
+		"Digest " + base + `, x=1, X=2`,
+		"Digest " + base + `, x=1, y="a\\\"b"`,
+		`Digest username="a\"b", realm="p\\q", nonce=n, uri="sip:x", response=r, algorithm=Md5`,
+		"Digest " + base + `, ALGORITHM=sha-256`,
+		"Digest " + base + `, algoritHm=""`,
+		"Digest " + base + `, qop=auth, nc=1`,
+		"Digest " + base + `, opaque="unterminated`,
+		"Digest " + base + `, uſername=x`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := Parse(s)
+		rc, rerr := parseReference(s)
+		if (err == nil) != (rerr == nil) || (err != nil && err.Error() != rerr.Error()) {
+			t.Fatalf("Parse(%q): error %v, reference %v", s, err, rerr)
+		}
+		if err == nil && c != rc {
+			t.Fatalf("Parse(%q) = %+v, reference %+v", s, c, rc)
+		}
+	})
+}
+
+func newHash(alg string) (hash.Hash, error) {
+	switch {
+	case strings.EqualFold(alg, MD5):
+		return md5.New(), nil
+	case strings.EqualFold(alg, SHA256):
+		return sha256.New(), nil
+	}
+	return nil, ErrAlgorithm
 }
