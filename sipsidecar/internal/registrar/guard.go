@@ -3,9 +3,11 @@ package registrar
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emiago/sipgo/sip"
 
@@ -91,13 +93,8 @@ func (g *Guard) admit(ctx context.Context, req *sip.Request, src Source, now tim
 		return ""
 	}
 	g.init()
-	if ua := header(req, "user-agent"); ua != nil {
-		v := strings.ToLower(ua.Value())
-		for _, s := range g.Scanners {
-			if strings.Contains(v, s) {
-				return "scanner"
-			}
-		}
+	if ua := header(req, "user-agent"); ua != nil && isScanner(ua.Value(), g.Scanners) {
+		return "scanner"
 	}
 	if g.banned(ctx, src.IP, now) {
 		return "banned"
@@ -176,4 +173,44 @@ func (g *Guard) failed(ctx context.Context, src Source, now time.Time) {
 		g.remember(src.IP, true, now.Add(banRecheck))
 		g.Logger.Warn("SIP_SOURCE_BANNED", "ip", src.IP, "failures", n, "for", g.BanFor.String())
 	}
+}
+
+// isScanner reports whether the User-Agent ua contains one of the lower-case names, in any
+// case. An ASCII User-Agent (every real one) is compared in place: strings.ToLower would
+// allocate a copy for each request whose agent has a capital letter.
+func isScanner(ua string, names []string) bool {
+	for i := 0; i < len(ua); i++ {
+		if ua[i] >= utf8.RuneSelf {
+			lower := strings.ToLower(ua)
+			return slices.ContainsFunc(names, func(n string) bool { return strings.Contains(lower, n) })
+		}
+	}
+	for _, n := range names {
+		if containsFoldASCII(ua, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFoldASCII reports whether s contains the lower-case sub, ASCII letters in s
+// matching in either case.
+func containsFoldASCII(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		j := 0
+		for j < len(sub) && lowerASCII(s[i+j]) == sub[j] {
+			j++
+		}
+		if j == len(sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }

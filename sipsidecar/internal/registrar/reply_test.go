@@ -90,3 +90,17 @@ func TestSipDate(t *testing.T) {
 		}
 	}
 }
+
+func FuzzIsScannerSameAsToLower(f *testing.F) {
+	for _, s := range []string{"friendly-scanner", "SIPVicious 0.3", "Zoiper 5", "x FRIENDLY-Scanner y", "sipviciou", "ſipvicious", "K", ""} {
+		f.Add(s, "sipvicious")
+		f.Add(s, "friendly-scanner")
+	}
+	f.Fuzz(func(t *testing.T, ua, name string) {
+		name = strings.ToLower(name)
+		want := strings.Contains(strings.ToLower(ua), name)
+		if got := isScanner(ua, []string{name}); got != want {
+			t.Fatalf("isScanner(%q, %q) = %v, strings.ToLower says %v", ua, name, got, want)
+		}
+	})
+}
