@@ -8,7 +8,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -174,11 +173,7 @@ func Sign(secret []byte, body []byte, t time.Time) string {
 func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 	if c.batch.Load() > 1 {
 		// At most batchSenders requests are on the wire: the queue is the bound.
-		body, err := json.Marshal(r)
-		if err != nil {
-			return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		return c.viaBatch(ctx, body)
+		return c.viaBatch(ctx, encodeRequest(nil, r))
 	}
 	select {
 	case c.slots <- struct{}{}:
@@ -195,11 +190,7 @@ func (c *Client) Check(ctx context.Context, r Request) (Verdict, error) {
 		}
 	}
 	defer func() { <-c.slots }()
-	body, err := json.Marshal(r)
-	if err != nil {
-		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	raw, err := c.post(ctx, body)
+	raw, err := c.post(ctx, encodeRequest(nil, r))
 	if err != nil {
 		return Verdict{}, err
 	}
@@ -261,20 +252,25 @@ func (c *Client) learn(v string) {
 	}
 }
 
-// decodeVerdict reads one answer object.
-func decodeVerdict(raw []byte) (Verdict, error) {
-	var a answer
-	if err := json.Unmarshal(raw, &a); err != nil { // also refuses trailing data
-		return Verdict{}, fmt.Errorf("%w: answer is not one JSON object", ErrUnavailable)
+// verdict judges a decoded answer (a wrong type in it already failed the decoding).
+func (a *answer) verdict() (Verdict, error) {
+	if a.Expires == nil {
+		return a.judge(0, false)
 	}
+	return a.judge(*a.Expires, true)
+}
+
+// judge is verdict with expires given apart, a.Expires ignored (the hand decoder leaves it
+// nil: an int it pointed to would escape to the heap with the verdict's strings).
+func (a *answer) judge(expires int, given bool) (Verdict, error) {
 	switch a.Status {
 	case "ok":
 		v := Verdict{OK: true, CallHook: a.CallHook, CallStatusHook: a.CallStatusHook, DisplayName: a.DisplayName}
-		if a.Expires != nil {
-			if *a.Expires < 0 {
+		if given {
+			if expires < 0 {
 				return Verdict{}, fmt.Errorf("%w: negative expires", ErrUnavailable)
 			}
-			v.Expires = *a.Expires
+			v.Expires = expires
 		}
 		return v, nil
 	case "fail":
@@ -330,18 +326,16 @@ func (c *Client) sendBatch(batch []*pending) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	raw, err := c.post(ctx, body)
-	var answers []json.RawMessage
+	var outs []outcome
 	if err == nil {
-		if jerr := json.Unmarshal(raw, &answers); jerr != nil || len(answers) != len(batch) {
-			err = fmt.Errorf("%w: batch answer is not an array of %d answers", ErrUnavailable, len(batch))
-		}
+		outs = make([]outcome, len(batch))
+		err = decodeAnswers(raw, outs)
 	}
 	for i, p := range batch {
 		if err != nil {
 			p.done <- outcome{err: err}
 			continue
 		}
-		v, verr := decodeVerdict(answers[i])
-		p.done <- outcome{v: v, err: verr}
+		p.done <- outs[i]
 	}
 }
