@@ -5,21 +5,22 @@ import (
 	"context"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
 
 // Memory is the in-process Store: everything is lost when the process ends.
 //
-// Expiry is indexed like the Redis store's sorted set: a min-heap holds every AOR once,
-// ordered by the earliest expiry among its stored bindings (expired ones included until
-// Expire reports them), so Expire touches only AORs that are due, never the whole table.
+// Each AOR ever stored has one entry, kept after its bindings expire for Known. Expiry is
+// indexed like the Redis store's sorted set, by the earliest expiry among an AOR's stored
+// bindings (expired ones included until Expire reports them), in per-second slots (see
+// expiryIndex), so Expire touches only AORs that are due, never the whole table.
 // Nonce counters sit in a map with their own expiry heap, swept a little on every call.
 type Memory struct {
-	mu    sync.RWMutex // readers: Lookup, Known, AORs
-	aors  map[string]*aorEntry
-	due   aorHeap
-	known map[string]string
+	mu   sync.RWMutex // readers: Lookup, Known, AORs
+	aors map[string]*aorEntry
+	due  expiryIndex
 
 	nmu    sync.Mutex // nonce counters: apart from the bindings, so the two never wait on each other
 	nonces map[string]nonceCount
@@ -28,10 +29,15 @@ type Memory struct {
 }
 
 type aorEntry struct {
-	aor      string
-	bindings []Binding // in the order fn returned them, expired leftovers at the end
-	first    time.Time // earliest ExpiresAt in bindings
-	index    int       // position in Memory.due
+	aor  string
+	name string // display name, for Known
+	// bindings are in the order fn returned them, expired leftovers at the end. The store
+	// rewrites them in place, so no slice of them ever leaves it: callers get copies.
+	bindings []Binding
+	first    time.Time // earliest ExpiresAt in bindings, while there are any
+
+	slot       *expirySlot // in Memory.due while bindings is not empty
+	prev, next *aorEntry   // within slot
 }
 
 type nonceCount struct {
@@ -43,7 +49,6 @@ type nonceCount struct {
 func NewMemory() *Memory {
 	return &Memory{
 		aors:   map[string]*aorEntry{},
-		known:  map[string]string{},
 		nonces: map[string]nonceCount{},
 		now:    time.Now,
 	}
@@ -70,39 +75,50 @@ func (m *Memory) Update(_ context.Context, aor string, now time.Time, fn func([]
 	if err != nil {
 		return nil, err
 	}
-	next = normalize(aor, next)
-	stored := slices.Clip(slices.Clone(next))
-	for _, b := range all {
-		if !b.Live(now) && !hasKey(next, b.Key()) {
-			stored = append(stored, b) // left for Expire to report
-		}
-	}
-	m.set(aor, e, stored)
-	if len(next) > 0 {
-		m.known[aor] = displayName(next, m.known[aor])
-	}
-	return slices.Clone(next), nil
-}
-
-// set makes aor hold exactly bs, keeping the expiry heap in step.
-func (m *Memory) set(aor string, e *aorEntry, bs []Binding) {
-	if len(bs) == 0 {
-		if e != nil {
-			heap.Remove(&m.due, e.index)
-			delete(m.aors, aor)
-		}
-		return
-	}
-	first, _ := bounds(bs)
+	next = normalize(aor, next) // the caller's from here on: storage gets a copy
 	if e == nil {
+		if len(next) == 0 {
+			return next, nil
+		}
 		e = &aorEntry{aor: aor}
 		m.aors[aor] = e
-		e.bindings, e.first = bs, first
-		heap.Push(&m.due, e)
+	}
+	if len(next) > 0 {
+		e.name = displayName(next, e.name)
+	}
+	// The stored set is next followed by the expired bindings it does not replace, built in
+	// e.bindings' own array when it is large enough: the leftovers are gathered at its
+	// front, moved behind next's place, and next is copied in front of them.
+	left := all[:0]
+	for _, b := range all {
+		if !b.Live(now) && !hasKeyOf(next, b) {
+			left = append(left, b) // left for Expire to report
+		}
+	}
+	n := len(next) + len(left)
+	stored := all[:0]
+	if cap(stored) < n {
+		stored = make([]Binding, 0, n)
+	} else if n < len(all) {
+		clear(all[n:]) // no stale copies keeping strings alive
+	}
+	stored = stored[:n]
+	copy(stored[len(next):], left)
+	copy(stored, next)
+	m.store(e, stored)
+	return next, nil
+}
+
+// store makes e hold exactly bs, keeping the expiry index in step. An entry left without
+// bindings stays in the table, for Known, but lets go of its array.
+func (m *Memory) store(e *aorEntry, bs []Binding) {
+	if len(bs) == 0 {
+		e.bindings = nil
+		m.due.remove(e)
 		return
 	}
-	e.bindings, e.first = bs, first
-	heap.Fix(&m.due, e.index)
+	e.bindings = bs
+	m.due.set(e, earliest(bs))
 }
 
 // Lookup implements Store.
@@ -127,17 +143,27 @@ func (m *Memory) Expire(_ context.Context, now time.Time, limit int) ([]Binding,
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []Binding
-	for m.due.Len() > 0 && !m.due[0].first.After(now) && (limit <= 0 || len(out) < limit) {
-		e := m.due[0]
-		keep := make([]Binding, 0, len(e.bindings))
-		for _, b := range e.bindings {
-			if !b.Live(now) && (limit <= 0 || len(out) < limit) {
-				out = append(out, b)
-			} else {
-				keep = append(keep, b)
+	full := func() bool { return limit > 0 && len(out) >= limit }
+	for s := m.due.due(now); s != nil && !full(); s = m.due.due(now) {
+		for e := s.head; e != nil && !full(); {
+			next := e.next // e may move to a later slot
+			if !e.first.After(now) {
+				keep := e.bindings[:0]
+				for _, b := range e.bindings {
+					if !b.Live(now) && !full() {
+						out = append(out, b)
+					} else {
+						keep = append(keep, b)
+					}
+				}
+				clear(e.bindings[len(keep):])
+				m.store(e, keep)
 			}
+			e = next
 		}
-		m.set(e.aor, e, keep)
+		if m.due.due(now) == s {
+			break // the limit, or the current second's entries not yet due
+		}
 	}
 	return out, nil
 }
@@ -146,9 +172,9 @@ func (m *Memory) Expire(_ context.Context, now time.Time, limit int) ([]Binding,
 func (m *Memory) Known(context.Context) (map[string]string, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	out := make(map[string]string, len(m.known))
-	for k, v := range m.known {
-		out[k] = v
+	out := make(map[string]string, len(m.aors))
+	for aor, e := range m.aors {
+		out[aor] = e.name
 	}
 	return out, nil
 }
@@ -203,7 +229,7 @@ func normalize(aor string, bs []Binding) []Binding {
 	out := make([]Binding, 0, len(bs))
 	for _, b := range bs {
 		b.AOR = aor
-		if i := slices.IndexFunc(out, func(o Binding) bool { return o.Key() == b.Key() }); i >= 0 {
+		if i := slices.IndexFunc(out, func(o Binding) bool { return sameKey(o, b) }); i >= 0 {
 			out = slices.Delete(out, i, i+1)
 		}
 		out = append(out, b)
@@ -215,6 +241,29 @@ func hasKey(bs []Binding, key string) bool {
 	return slices.ContainsFunc(bs, func(b Binding) bool { return b.Key() == key })
 }
 
+func hasKeyOf(bs []Binding, b Binding) bool {
+	return slices.ContainsFunc(bs, func(o Binding) bool { return sameKey(o, b) })
+}
+
+// sameKey is a.Key() == b.Key() without building the "instance:" strings.
+func sameKey(a, b Binding) bool {
+	switch {
+	case a.InstanceID != "" && b.InstanceID != "":
+		return a.InstanceID == b.InstanceID
+	case a.InstanceID != "":
+		return instanceKey(b.Contact, a.InstanceID)
+	case b.InstanceID != "":
+		return instanceKey(a.Contact, b.InstanceID)
+	}
+	return a.Contact == b.Contact
+}
+
+// instanceKey reports whether contact, a Key without an instance, equals "instance:"+id.
+func instanceKey(contact, id string) bool {
+	rest, ok := strings.CutPrefix(contact, "instance:")
+	return ok && rest == id
+}
+
 // displayName is the last non-empty display name in bs, else old.
 func displayName(bs []Binding, old string) string {
 	for i := len(bs) - 1; i >= 0; i-- {
@@ -223,6 +272,17 @@ func displayName(bs []Binding, old string) string {
 		}
 	}
 	return old
+}
+
+// earliest returns the earliest expiry of bs.
+func earliest(bs []Binding) time.Time {
+	first := bs[0].ExpiresAt
+	for _, b := range bs[1:] {
+		if b.ExpiresAt.Before(first) {
+			first = b.ExpiresAt
+		}
+	}
+	return first
 }
 
 // bounds returns the earliest and latest expiry of bs.
@@ -236,28 +296,6 @@ func bounds(bs []Binding) (first, last time.Time) {
 		}
 	}
 	return first, last
-}
-
-type aorHeap []*aorEntry
-
-func (h aorHeap) Len() int           { return len(h) }
-func (h aorHeap) Less(i, j int) bool { return h[i].first.Before(h[j].first) }
-func (h aorHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
-}
-func (h *aorHeap) Push(x any) {
-	e := x.(*aorEntry)
-	e.index = len(*h)
-	*h = append(*h, e)
-}
-func (h *aorHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	e.index = -1
-	return e
 }
 
 type nonceDue struct {
