@@ -1,7 +1,6 @@
 package location
 
 import (
-	"container/heap"
 	"context"
 	"slices"
 	"sort"
@@ -16,15 +15,13 @@ import (
 // indexed like the Redis store's sorted set, by the earliest expiry among an AOR's stored
 // bindings (expired ones included until Expire reports them), in per-second slots (see
 // expiryIndex), so Expire touches only AORs that are due, never the whole table.
-// Nonce counters sit in a map with their own expiry heap, swept a little on every call.
+// Nonce counters are a nonceCounters, apart from the bindings.
 type Memory struct {
 	mu   sync.RWMutex // readers: Lookup, Known, AORs
 	aors map[string]*aorEntry
 	due  expiryIndex
 
-	nmu    sync.Mutex // nonce counters: apart from the bindings, so the two never wait on each other
-	nonces map[string]nonceCount
-	ndue   nonceHeap
+	nonces *nonceCounters   // under their own lock: bindings and nonces never wait on each other
 	now    func() time.Time // nonce TTLs only; binding times come from the caller
 }
 
@@ -40,16 +37,11 @@ type aorEntry struct {
 	prev, next *aorEntry   // within slot
 }
 
-type nonceCount struct {
-	nc  uint64
-	end time.Time
-}
-
 // NewMemory returns an empty store.
 func NewMemory() *Memory {
 	return &Memory{
 		aors:   map[string]*aorEntry{},
-		nonces: map[string]nonceCount{},
+		nonces: newNonceCounters(),
 		now:    time.Now,
 	}
 }
@@ -198,24 +190,7 @@ func (m *Memory) AORs(_ context.Context, now time.Time) ([]string, error) {
 
 // UseNonce implements Store. A ttl below a millisecond counts as one millisecond, as in Redis.
 func (m *Memory) UseNonce(_ context.Context, nonce string, nc uint64, ttl time.Duration) error {
-	ttl = max(ttl, time.Millisecond)
-	m.nmu.Lock()
-	defer m.nmu.Unlock()
-	now := m.now()
-	// Forget counters whose TTL passed; a heap entry whose counter was renewed since is skipped.
-	for m.ndue.Len() > 0 && !now.Before(m.ndue[0].end) {
-		d := heap.Pop(&m.ndue).(nonceDue)
-		if cur, ok := m.nonces[d.nonce]; ok && !now.Before(cur.end) {
-			delete(m.nonces, d.nonce)
-		}
-	}
-	if cur, ok := m.nonces[nonce]; ok && nc <= cur.nc {
-		return ErrReplay
-	}
-	end := now.Add(ttl)
-	m.nonces[nonce] = nonceCount{nc: nc, end: end}
-	heap.Push(&m.ndue, nonceDue{end: end, nonce: nonce})
-	return nil
+	return m.nonces.use(nonce, nc, ttl, m.now())
 }
 
 // Ping implements Store.
@@ -296,22 +271,4 @@ func bounds(bs []Binding) (first, last time.Time) {
 		}
 	}
 	return first, last
-}
-
-type nonceDue struct {
-	end   time.Time
-	nonce string
-}
-
-type nonceHeap []nonceDue
-
-func (h nonceHeap) Len() int           { return len(h) }
-func (h nonceHeap) Less(i, j int) bool { return h[i].end.Before(h[j].end) }
-func (h nonceHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *nonceHeap) Push(x any)        { *h = append(*h, x.(nonceDue)) }
-func (h *nonceHeap) Pop() any {
-	old := *h
-	d := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return d
 }

@@ -158,9 +158,7 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 		r.count("bad_request")
 		return creds, r.reply(req, 400, "Malformed Authorization")
 	}
-	// The nonce is a slice of the Authorization header (sipdigest.Parse does not copy), and a
-	// store may keep it for the nonce's lifetime: a copy of its own keeps the header free.
-	switch err := r.store.UseNonce(context.Background(), strings.Clone(creds.Nonce), nc, r.nonces.TTL()+time.Minute); {
+	switch err := r.store.UseNonce(context.Background(), creds.Nonce, nc, r.nonces.TTL()+time.Minute); {
 	case errors.Is(err, location.ErrReplay):
 		r.authFailed(context.Background(), rq.aor, src, "replayed nonce count")
 		r.count("replay")
