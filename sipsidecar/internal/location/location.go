@@ -55,7 +55,9 @@ var (
 type Store interface {
 	// Update runs fn on the AOR's live bindings and stores what it returns, atomically:
 	// two Updates racing on one AOR never lose a binding (fn may run more than once).
-	// An error from fn aborts the update and is returned as is. The result is the stored set.
+	// fn owns the slice it is given: it may change it and return it (a retry gets a fresh
+	// one). An error from fn aborts the update and is returned as is. The result is the
+	// stored set.
 	Update(ctx context.Context, aor string, now time.Time, fn func(current []Binding) ([]Binding, error)) ([]Binding, error)
 	// Lookup returns the AOR's live bindings at now.
 	Lookup(ctx context.Context, aor string, now time.Time) ([]Binding, error)

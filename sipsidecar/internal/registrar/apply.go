@@ -35,7 +35,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 			removed = append(removed, cur...)
 			return nil, nil
 		}
-		next := append([]location.Binding(nil), cur...)
+		next := cur // fn owns cur (location.Store)
 		for _, c := range rq.contacts {
 			i := indexOf(next, c.key())
 			if i >= 0 && next[i].CallID == rq.callID {
