@@ -25,7 +25,6 @@ package location
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -104,8 +103,7 @@ func unavailable(err error) error {
 func decodeAll(m map[string]string) []Binding {
 	out := make([]Binding, 0, len(m))
 	for _, v := range m {
-		var b Binding
-		if json.Unmarshal([]byte(v), &b) == nil {
+		if b, ok := decodeBinding(v); ok {
 			out = append(out, b)
 		}
 	}
@@ -124,7 +122,7 @@ func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, 
 	}
 	fields := make([]any, 0, 2*len(bs))
 	for _, b := range bs {
-		v, err := json.Marshal(b)
+		v, err := appendBinding(nil, b)
 		if err != nil {
 			return fmt.Errorf("encoding binding: %w", err)
 		}
@@ -259,7 +257,7 @@ func casArgs(aor string, read map[string]string, stored, next []Binding) ([]any,
 	}
 	args = append(args, len(stored))
 	for _, b := range stored {
-		v, err := json.Marshal(b)
+		v, err := appendBinding(nil, b)
 		if err != nil {
 			return nil, fmt.Errorf("encoding binding: %w", err)
 		}
