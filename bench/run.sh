@@ -228,8 +228,8 @@ for store in memory "redis://127.0.0.1:$REDIS_PORT/3"; do
 	say "| $name | file, unprotected | $f_rps | $f_p50 | $f_p99 | $(ratio "$f_rps" "$r_rps" respond) |"
 	say "| $name | \`check-media-access\`, valid token | $c_rps | $c_p50 | $c_p99 | $(ratio "$c_rps" "$r_rps" respond) |"
 	say "| $name | file behind \`softphone_guard\` | $g_rps | $g_p50 | $g_p99 | $(ratio "$g_rps" "$f_rps" unprotected) |"
-	say "| $name | file behind \`forward_auth\` → \`check-media-access\` | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$f_rps" unprotected), $(ratio "$a_rps" "$e_rps" "forward_auth's ceiling") |"
-	say "| $name | file behind \`forward_auth\` → bare \`respond 200\` (forward_auth's ceiling) | $e_rps | $e_p50 | $e_p99 | $(ratio "$e_rps" "$f_rps" unprotected) |"
+	say "| $name | file behind \`forward_auth\` → \`check-media-access\` | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$f_rps" unprotected), $(ratio "$a_rps" "$e_rps" "the forward_auth ceiling") |"
+	say "| $name | file behind \`forward_auth\` → bare \`respond 200\` (the forward_auth ceiling) | $e_rps | $e_p50 | $e_p99 | $(ratio "$e_rps" "$f_rps" unprotected) |"
 	stop "$GWPID"
 done
 say ""
