@@ -8,6 +8,8 @@ import (
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/jsonquote"
 )
 
 // The callback bodies and the hook's answers, by hand. At 18,000 REGISTER/s json.Marshal and
@@ -31,107 +33,40 @@ func encodeRequest(dst []byte, r Request) []byte {
 	dst = slices.Grow(dst, 224+len(r.Method)+len(r.Scheme)+len(r.Username)+len(r.Realm)+len(r.Nonce)+
 		len(r.URI)+len(r.Response)+len(r.QOP)+len(r.NC)+len(r.CNonce)+len(r.Algorithm)+len(r.SourceAddress))
 	dst = append(dst, `{"method":`...)
-	dst = appendString(dst, r.Method)
+	dst = jsonquote.Append(dst, r.Method)
 	dst = append(dst, `,"expires":`...)
 	dst = strconv.AppendInt(dst, int64(r.Expires), 10)
 	dst = append(dst, `,"scheme":`...)
-	dst = appendString(dst, r.Scheme)
+	dst = jsonquote.Append(dst, r.Scheme)
 	dst = append(dst, `,"username":`...)
-	dst = appendString(dst, r.Username)
+	dst = jsonquote.Append(dst, r.Username)
 	dst = append(dst, `,"realm":`...)
-	dst = appendString(dst, r.Realm)
+	dst = jsonquote.Append(dst, r.Realm)
 	dst = append(dst, `,"nonce":`...)
-	dst = appendString(dst, r.Nonce)
+	dst = jsonquote.Append(dst, r.Nonce)
 	dst = append(dst, `,"uri":`...)
-	dst = appendString(dst, r.URI)
+	dst = jsonquote.Append(dst, r.URI)
 	dst = append(dst, `,"response":`...)
-	dst = appendString(dst, r.Response)
+	dst = jsonquote.Append(dst, r.Response)
 	if r.QOP != "" {
 		dst = append(dst, `,"qop":`...)
-		dst = appendString(dst, r.QOP)
+		dst = jsonquote.Append(dst, r.QOP)
 	}
 	if r.NC != "" {
 		dst = append(dst, `,"nc":`...)
-		dst = appendString(dst, r.NC)
+		dst = jsonquote.Append(dst, r.NC)
 	}
 	if r.CNonce != "" {
 		dst = append(dst, `,"cnonce":`...)
-		dst = appendString(dst, r.CNonce)
+		dst = jsonquote.Append(dst, r.CNonce)
 	}
 	dst = append(dst, `,"algorithm":`...)
-	dst = appendString(dst, r.Algorithm)
+	dst = jsonquote.Append(dst, r.Algorithm)
 	dst = append(dst, `,"source_address":`...)
-	dst = appendString(dst, r.SourceAddress)
+	dst = jsonquote.Append(dst, r.SourceAddress)
 	dst = append(dst, `,"source_port":`...)
 	dst = strconv.AppendInt(dst, int64(r.SourcePort), 10)
 	return append(dst, '}')
-}
-
-// htmlSafe holds the ASCII bytes json.Marshal writes as they are: printable ASCII (DEL
-// included) but the quote, the backslash and, escaped for HTML, <, > and &.
-var htmlSafe = func() (t [utf8.RuneSelf]bool) {
-	for c := ' '; c < utf8.RuneSelf; c++ {
-		t[c] = true
-	}
-	for _, c := range `"\<>&` {
-		t[c] = false
-	}
-	return t
-}()
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s quoted as json.Marshal quotes it: the short escapes for \b \f \n \r
-// \t, \u00XX for other control bytes and for <, > and &, \u2028 and \u2029 escaped (JSONP),
-// and each byte of invalid UTF-8 replaced by \ufffd.
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if htmlSafe[c] {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-		default:
-			i += size
-			continue
-		}
-		i += size
-		start = i
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // errNotObject is a hook's answer encoding/json could not decode into an answer.

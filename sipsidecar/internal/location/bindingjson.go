@@ -9,6 +9,8 @@ import (
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/jsonquote"
 )
 
 // Bindings as the Redis store keeps them, JSON by hand. At 10,000 REGISTER/s json.Unmarshal
@@ -38,9 +40,9 @@ func appendBinding(dst []byte, b Binding) ([]byte, error) {
 	dst = slices.Grow(dst, bindingSizeHint(b))
 	var expOK, authOK, updOK bool
 	dst = append(dst, `{"aor":`...)
-	dst = appendJSONString(dst, b.AOR)
+	dst = jsonquote.Append(dst, b.AOR)
 	dst = append(dst, `,"contact":`...)
-	dst = appendJSONString(dst, b.Contact)
+	dst = jsonquote.Append(dst, b.Contact)
 	dst = append(dst, `,"expires_at":`...)
 	dst, expOK = appendJSONTime(dst, b.ExpiresAt)
 	dst = append(dst, `,"granted":`...)
@@ -50,38 +52,38 @@ func appendBinding(dst []byte, b Binding) ([]byte, error) {
 	dst = append(dst, `,"updated_at":`...)
 	dst, updOK = appendJSONTime(dst, b.UpdatedAt)
 	dst = append(dst, `,"call_id":`...)
-	dst = appendJSONString(dst, b.CallID)
+	dst = jsonquote.Append(dst, b.CallID)
 	dst = append(dst, `,"cseq":`...)
 	dst = strconv.AppendUint(dst, uint64(b.CSeq), 10)
 	dst = append(dst, `,"source":`...)
-	dst = appendJSONString(dst, b.Source)
+	dst = jsonquote.Append(dst, b.Source)
 	dst = append(dst, `,"transport":`...)
-	dst = appendJSONString(dst, b.Transport)
+	dst = jsonquote.Append(dst, b.Transport)
 	if b.UserAgent != "" {
 		dst = append(dst, `,"user_agent":`...)
-		dst = appendJSONString(dst, b.UserAgent)
+		dst = jsonquote.Append(dst, b.UserAgent)
 	}
 	if b.InstanceID != "" {
 		dst = append(dst, `,"instance_id":`...)
-		dst = appendJSONString(dst, b.InstanceID)
+		dst = jsonquote.Append(dst, b.InstanceID)
 	}
 	if b.Q != "" {
 		dst = append(dst, `,"q":`...)
-		dst = appendJSONString(dst, b.Q)
+		dst = jsonquote.Append(dst, b.Q)
 	}
 	dst = append(dst, `,"nat":`...)
 	dst = strconv.AppendBool(dst, b.NAT)
 	if b.DisplayName != "" {
 		dst = append(dst, `,"display_name":`...)
-		dst = appendJSONString(dst, b.DisplayName)
+		dst = jsonquote.Append(dst, b.DisplayName)
 	}
 	if b.CallHook != "" {
 		dst = append(dst, `,"call_hook":`...)
-		dst = appendJSONString(dst, b.CallHook)
+		dst = jsonquote.Append(dst, b.CallHook)
 	}
 	if b.CallStatusHook != "" {
 		dst = append(dst, `,"call_status_hook":`...)
-		dst = appendJSONString(dst, b.CallStatusHook)
+		dst = jsonquote.Append(dst, b.CallStatusHook)
 	}
 	if b.WebRTC {
 		dst = append(dst, `,"supports_webrtc":true`...)
@@ -116,71 +118,6 @@ func appendJSONTime(dst []byte, t time.Time) ([]byte, bool) {
 		return dst, false
 	}
 	return append(out, '"'), true
-}
-
-// plainJSON holds the ASCII bytes json.Marshal copies as they are: printable ASCII and DEL,
-// but the quote, the backslash and, since it escapes for HTML, <, > and &.
-var plainJSON = func() (t [utf8.RuneSelf]bool) {
-	for c := ' '; c < utf8.RuneSelf; c++ {
-		t[c] = !strings.ContainsRune(`"\<>&`, c)
-	}
-	return t
-}()
-
-const lowerHex = "0123456789abcdef"
-
-// appendJSONString appends s quoted as json.Marshal quotes it: \" and \\, the short escapes
-// \b \f \n \r \t, \u00XX for the other control bytes and for <, > and &, \u2028 and \u2029
-// (line and paragraph separators, which break JSONP), and \ufffd for each byte of invalid
-// UTF-8.
-func appendJSONString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	done := 0 // s[:done] is written
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if plainJSON[c] {
-				i++
-				continue
-			}
-			dst = append(dst, s[done:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', lowerHex[c>>4], lowerHex[c&0xf])
-			}
-			i++
-			done = i
-			continue
-		}
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			dst = append(dst, s[done:i]...)
-			dst = append(dst, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			dst = append(dst, s[done:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', lowerHex[r&0xf])
-		default:
-			i += n
-			continue
-		}
-		i += n
-		done = i
-	}
-	dst = append(dst, s[done:]...)
-	return append(dst, '"')
 }
 
 // decodeBinding reads one stored binding: the Binding and the verdict of
