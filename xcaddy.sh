@@ -17,7 +17,7 @@ else
 	go build -o "$out" ./cmd/caddy
 fi
 modules=$("$out" list-modules)
-for m in softphone http.handlers.softphone_api http.handlers.softphone_guard softphone.users.file softphone.users.inline; do
+for m in softphone http.handlers.softphone_api http.handlers.softphone_guard http.reverse_proxy.transport.softphone softphone.users.file softphone.users.inline; do
 	if ! printf '%s\n' "$modules" | grep -qx "$m"; then
 		echo "error: $out does not list module $m" >&2
 		exit 1

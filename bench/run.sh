@@ -125,6 +125,17 @@ http://127.0.0.1:$port {
 		root * $WORK/files
 		file_server
 	}
+	# The same check with forward_auth's subrequest answered in-process (transport softphone,
+	# as Caddyfile.example does): no loopback connection and no second HTTP request.
+	handle_path /fal/* {
+		forward_auth localhost {
+			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
+			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+			transport softphone
+		}
+		root * $WORK/files
+		file_server
+	}
 	# forward_auth's own ceiling: the same subrequest answered by an empty 200 that costs
 	# nothing (empty, so Caddy can pool the connection as it does for check-media-access).
 	handle /auth-ceiling {
@@ -213,6 +224,7 @@ for store in memory "redis://127.0.0.1:$REDIS_PORT/3"; do
 		best c "$(wrkonce "$API/check-media-access" "Authorization: Bearer $T")"
 		best g "$(wrkonce "$GW/guard/rec.wav" "Authorization: Bearer $T")"
 		best a "$(wrkonce "$GW/fa/rec.wav" "Authorization: Bearer $T")"
+		best l "$(wrkonce "$GW/fal/rec.wav" "Authorization: Bearer $T")"
 		best e "$(wrkonce "$GW/far/rec.wav" "Authorization: Bearer $T")"
 	done
 	read -r r_rps r_p50 r_p99 <<<"$best_r"
@@ -220,16 +232,18 @@ for store in memory "redis://127.0.0.1:$REDIS_PORT/3"; do
 	read -r c_rps c_p50 c_p99 <<<"$best_c"
 	read -r g_rps g_p50 g_p99 <<<"$best_g"
 	read -r a_rps a_p50 a_p99 <<<"$best_a"
+	read -r l_rps l_p50 l_p99 <<<"$best_l"
 	read -r e_rps e_p50 e_p99 <<<"$best_e"
-	unset best_r best_f best_c best_g best_a best_e
+	unset best_r best_f best_c best_g best_a best_l best_e
 	name=${store%%:*}
 	ratio() { python3 -c "print(f'{$1/$2:.2f}× $3')"; }
 	say "| $name | \`respond\` (Caddy's ceiling) | $r_rps | $r_p50 | $r_p99 | 1.00× respond |"
 	say "| $name | file, unprotected | $f_rps | $f_p50 | $f_p99 | $(ratio "$f_rps" "$r_rps" respond) |"
 	say "| $name | \`check-media-access\`, valid token | $c_rps | $c_p50 | $c_p99 | $(ratio "$c_rps" "$r_rps" respond) |"
 	say "| $name | file behind \`softphone_guard\` | $g_rps | $g_p50 | $g_p99 | $(ratio "$g_rps" "$f_rps" unprotected) |"
-	say "| $name | file behind \`forward_auth\` → \`check-media-access\` | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$f_rps" unprotected), $(ratio "$a_rps" "$e_rps" "the forward_auth ceiling") |"
-	say "| $name | file behind \`forward_auth\` → bare \`respond 200\` (the forward_auth ceiling) | $e_rps | $e_p50 | $e_p99 | $(ratio "$e_rps" "$f_rps" unprotected) |"
+	say "| $name | file behind \`forward_auth\` (\`transport softphone\`, in-process) → \`check-media-access\` | $l_rps | $l_p50 | $l_p99 | $(ratio "$l_rps" "$f_rps" unprotected) |"
+	say "| $name | file behind \`forward_auth\` → \`check-media-access\` over loopback | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$f_rps" unprotected), $(ratio "$a_rps" "$e_rps" "the loopback ceiling") |"
+	say "| $name | file behind \`forward_auth\` → bare \`respond 200\` over loopback (the loopback ceiling) | $e_rps | $e_p50 | $e_p99 | $(ratio "$e_rps" "$f_rps" unprotected) |"
 	stop "$GWPID"
 done
 say ""

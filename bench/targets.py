@@ -33,17 +33,20 @@ for store in ("memory", "redis"):
     unp = find(store, "file, unprotected")
     cma = find(store, "`check-media-access`")
     guard = find(store, "file behind `softphone_guard`")
-    fa = find(store, "file behind `forward_auth`")
-    if not (resp and unp and cma and guard and fa):
+    fal = find(store, "file behind `forward_auth` (`transport softphone`")
+    fa = find(store, "file behind `forward_auth` → `check-media-access` over loopback")
+    if not (resp and unp and cma and guard and fa and fal):
         continue
     r = num(cma[2]) / num(resp[2])
     add(f"`check-media-access` ≥ 0.9× `respond` ({store} store)", f"{r:.2f}×", r >= 0.9)
     r = num(guard[2]) / num(unp[2])
     add(f"`softphone_guard` ≥ 0.9× unprotected ({store} store)", f"{r:.2f}×", r >= 0.9)
+    r = num(fal[2]) / num(unp[2])
+    add(f"`forward_auth` ≥ 0.5× unprotected ({store} store), `transport softphone`", f"{r:.2f}×", r >= 0.5)
     r = num(fa[2]) / num(unp[2])
     ceiling = find(store, "file behind `forward_auth` → bare")
-    note = f" (forward_auth to a bare `respond 200`: {num(ceiling[2]) / num(unp[2]):.2f}×)" if ceiling else ""
-    add(f"`forward_auth` ≥ 0.5× unprotected ({store} store)", f"{r:.2f}×{note}", r >= 0.5)
+    note = f" (forward_auth to a bare `respond 200` over loopback: {num(ceiling[2]) / num(unp[2]):.2f}×)" if ceiling else ""
+    add(f"`forward_auth` ≥ 0.5× unprotected ({store} store), over loopback", f"{r:.2f}×{note}", r >= 0.5)
 
 kam = find("Kamailio")
 for store, want in (("memory", 1.0), ("redis", 0.7)):

@@ -178,12 +178,26 @@ func TestCaddyfileRejectsBadInput(t *testing.T) {
 		"api repeated prefix":      "softphone_api {\n prefix /a\n prefix /b\n}",
 		"api stray argument":       "softphone_api /a/* extra",
 		"guard with a block":       "softphone_guard {\n realm x\n}",
+		"transport argument":       "forward_auth localhost {\n uri /x\n transport softphone extra\n}",
+		"transport unknown option": "forward_auth localhost {\n uri /x\n transport softphone {\n prefx /a\n }\n}",
+		"transport prefix twice":   "forward_auth localhost {\n uri /x\n transport softphone {\n prefix /a\n prefix /b\n }\n}",
+		"transport bare prefix":    "forward_auth localhost {\n uri /x\n transport softphone {\n prefix\n }\n}",
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := adapt(t, ":8088 {\n"+site+"\n}"); err == nil {
 				t.Fatal("adapted without error")
 			}
 		})
+	}
+}
+
+func TestCaddyfileTransport(t *testing.T) {
+	out, err := adapt(t, ":8088 {\n forward_auth localhost {\n uri /v1/check-media-access\n transport softphone {\n prefix /v1\n }\n }\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `"transport":{"prefix":"/v1","protocol":"softphone"}`) {
+		t.Fatalf("adapted config lacks the softphone transport:\n%s", out)
 	}
 }
 

@@ -8,8 +8,9 @@ import (
 	"testing"
 )
 
-// mediaSite protects /media/* in-process and /fa/* through forward_auth to
-// check-media-access on the same server, as Caddyfile.example does for recordings.
+// mediaSite protects /media/* in-process, /fa/* through forward_auth to check-media-access
+// on the same server over loopback, and /fal/* through forward_auth with the in-process
+// softphone transport, as Caddyfile.example does for recordings.
 const mediaSite = `
 	handle /media/* {
 		softphone_guard
@@ -21,6 +22,21 @@ const mediaSite = `
 			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
 		}
 		respond "fa user={header.X-Softphone-Username} id={header.X-Softphone-User-Id}"
+	}
+	handle /fal/* {
+		forward_auth localhost {
+			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
+			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+			transport softphone
+		}
+		respond "fa user={header.X-Softphone-Username} id={header.X-Softphone-User-Id}"
+	}
+	handle /falogin/* {
+		forward_auth localhost {
+			uri /pbxcore/api/module-softphone-backend/v1/auth/login
+			transport softphone
+		}
+		respond "reached"
 	}
 	softphone_api
 `
@@ -50,15 +66,39 @@ func TestGuardAndForwardAuth(t *testing.T) {
 			t.Fatalf("%d %q", r.Status, r.Raw)
 		}
 	})
-	t.Run("forward_auth passes with a header token and copies identity headers", func(t *testing.T) {
-		r := g.do("GET", g.Base+"/fa/rec.wav", "", bearer(access))
-		if r.Status != 200 || r.Raw != "fa user=201 id=1" {
-			t.Fatalf("%d %q", r.Status, r.Raw)
-		}
-	})
-	t.Run("forward_auth passes with the token in the original URI's query (audio links)", func(t *testing.T) {
-		r := g.do("GET", g.Base+"/fa/rec.wav?authorization="+url.QueryEscape(access), "")
-		if r.Status != 200 || r.Raw != "fa user=201 id=1" {
+	for _, prefix := range []string{"/fa/", "/fal/"} {
+		t.Run(prefix+" forward_auth passes with a header token and copies identity headers", func(t *testing.T) {
+			r := g.do("GET", g.Base+prefix+"rec.wav", "", bearer(access))
+			if r.Status != 200 || r.Raw != "fa user=201 id=1" {
+				t.Fatalf("%d %q", r.Status, r.Raw)
+			}
+		})
+		t.Run(prefix+" forward_auth passes with the token in the original URI's query (audio links)", func(t *testing.T) {
+			r := g.do("GET", g.Base+prefix+"rec.wav?authorization="+url.QueryEscape(access), "")
+			if r.Status != 200 || r.Raw != "fa user=201 id=1" {
+				t.Fatalf("%d %q", r.Status, r.Raw)
+			}
+		})
+		// Identity spoofing: the client's own X-Softphone-* headers never reach the upstream,
+		// the check's answer replaces them.
+		t.Run(prefix+" forward_auth replaces identity headers the client sent", func(t *testing.T) {
+			r := g.do("GET", g.Base+prefix+"rec.wav", "", bearer(access), "X-Softphone-Username: admin", "X-Softphone-User-Id: 0")
+			if r.Status != 200 || r.Raw != "fa user=201 id=1" {
+				t.Fatalf("%d %q", r.Status, r.Raw)
+			}
+		})
+		// A forged X-Forwarded-Uri carrying a token: forward_auth writes its own, so the
+		// client's is never read as the original URI.
+		t.Run(prefix+" forward_auth ignores a forged X-Forwarded-Uri", func(t *testing.T) {
+			r := g.do("GET", g.Base+prefix+"rec.wav", "", "X-Forwarded-Uri: /x?token="+access, "X-Forwarded-Method: GET")
+			if r.Status != 401 || strings.Contains(r.Raw, "user=") {
+				t.Fatalf("%d %q", r.Status, r.Raw)
+			}
+		})
+	}
+	t.Run("the softphone transport refuses any path but check-media-access", func(t *testing.T) {
+		r := g.do("GET", g.Base+"/falogin/x", "", bearer(access))
+		if r.Status != 502 || r.Raw == "reached" {
 			t.Fatalf("%d %q", r.Status, r.Raw)
 		}
 	})
@@ -86,7 +126,7 @@ func TestGuardAndForwardAuth(t *testing.T) {
 		{"bad query encoding", "?token=%zz", nil, 401},
 		{"oversized", "?token=" + strings.Repeat("x", 4000), nil, 401},
 	}
-	for _, prefix := range []string{"/media/", "/fa/"} {
+	for _, prefix := range []string{"/media/", "/fa/", "/fal/"} {
 		for _, c := range denied {
 			t.Run(prefix+" refuses "+c.name, func(t *testing.T) {
 				r := g.do("GET", g.Base+prefix+"rec.wav"+c.query, "", c.headers...)
@@ -104,7 +144,7 @@ func TestGuardAndForwardAuth(t *testing.T) {
 		if r := g.do("POST", g.API+"/auth/logout", "", bearer(access)); r.Status != 200 {
 			t.Fatal(r.Raw)
 		}
-		for _, p := range []string{"/media/rec.wav", "/fa/rec.wav"} {
+		for _, p := range []string{"/media/rec.wav", "/fa/rec.wav", "/fal/rec.wav"} {
 			if r := g.do("GET", g.Base+p+"?token="+access, ""); r.Status != 401 {
 				t.Fatalf("%s after logout: %d %s", p, r.Status, r.Raw)
 			}

@@ -21,8 +21,8 @@ import (
 )
 
 // benchSite is bench/run.sh's gateway (part 1): Caddy's own respond route, an unprotected
-// file, the file behind softphone_guard and behind forward_auth → check-media-access, and
-// the API. {FILES} is the folder with rec.wav.
+// file, the file behind softphone_guard and behind forward_auth → check-media-access (over
+// loopback and with the in-process softphone transport), and the API. {FILES} is the folder with rec.wav.
 const benchSite = `
 	handle /respond {
 		respond "ok" 200
@@ -40,6 +40,15 @@ const benchSite = `
 		forward_auth 127.0.0.1:{PORT} {
 			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
 			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+		}
+		root * {FILES}
+		file_server
+	}
+	handle_path /fal/* {
+		forward_auth localhost {
+			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
+			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+			transport softphone
 		}
 		root * {FILES}
 		file_server
@@ -68,6 +77,7 @@ func benchRoutes(access string) []struct {
 		{"file", "/file/rec.wav", nil},
 		{"guard", "/guard/rec.wav", []string{auth}},
 		{"forward_auth", "/fa/rec.wav", []string{auth}},
+		{"forward_auth-transport-softphone", "/fal/rec.wav", []string{auth}},
 	}
 }
 
