@@ -66,7 +66,7 @@ func writeRaw(w http.ResponseWriter, status int, body []byte) {
 // successJSON is the bare success answer, encoded once.
 var successJSON = []byte(`{"success":true}` + "\n")
 
-var successLength = strconv.Itoa(len(successJSON))
+var hdrSuccessLength = []string{strconv.Itoa(len(successJSON))}
 
 // writeMediaGrant answers a granted media check: successJSON with writeRaw's headers but
 // Pragma. The answer carries no credential (RFC 6749 §5.1 asks Pragma of token answers,
@@ -79,7 +79,7 @@ func writeMediaGrant(w http.ResponseWriter) {
 	h["Content-Type"] = hdrJSON
 	h["Cache-Control"] = hdrNoStore
 	h["X-Content-Type-Options"] = hdrNosniff
-	h["Content-Length"] = []string{successLength}
+	h["Content-Length"] = hdrSuccessLength
 	w.WriteHeader(http.StatusOK)
 	w.Write(successJSON)
 }
