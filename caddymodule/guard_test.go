@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // mediaSite protects /media/* in-process, /fa/* through forward_auth to check-media-access
@@ -96,6 +97,20 @@ func TestGuardAndForwardAuth(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a refusal through the softphone transport is the one a loopback upstream gives", func(t *testing.T) {
+		for _, h := range [][]string{nil, {bearer(refresh)}} {
+			tcp := g.do("GET", g.Base+"/fa/rec.wav", "", h...)
+			local := g.do("GET", g.Base+"/fal/rec.wav", "", h...)
+			if local.Status != tcp.Status || local.str("error") != tcp.str("error") || local.Body["success"] != false {
+				t.Fatalf("transport %d %s, loopback %d %s", local.Status, local.Raw, tcp.Status, tcp.Raw)
+			}
+			for _, k := range []string{"Www-Authenticate", "Content-Type", "Cache-Control", "X-Content-Type-Options"} {
+				if local.Header.Get(k) != tcp.Header.Get(k) || local.Header.Get(k) == "" {
+					t.Fatalf("%s: transport %q, loopback %q", k, local.Header.Get(k), tcp.Header.Get(k))
+				}
+			}
+		}
+	})
 	t.Run("the softphone transport refuses any path but check-media-access", func(t *testing.T) {
 		r := g.do("GET", g.Base+"/falogin/x", "", bearer(access))
 		if r.Status != 502 || r.Raw == "reached" {
@@ -110,6 +125,19 @@ func TestGuardAndForwardAuth(t *testing.T) {
 		}
 	})
 
+	key, err := os.ReadFile(filepath.Join(g.DataDir, "secret.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key = []byte(strings.TrimSpace(string(key)))
+	now := time.Now().Unix()
+	hs256 := map[string]any{"alg": "HS256", "typ": "JWT"}
+	claims := func(exp int64) map[string]any {
+		return map[string]any{"sub": 1, "username": "201", "role": "user", "iat": now - 7200, "exp": exp, "type": "access"}
+	}
+	expired := forge(hs256, claims(now-3600), key)
+	wrongKey := forge(hs256, claims(now+3600), []byte(strings.Repeat("k", 64)))
+
 	denied := []struct {
 		name    string
 		query   string
@@ -117,6 +145,9 @@ func TestGuardAndForwardAuth(t *testing.T) {
 		status  int
 	}{
 		{"no token", "", nil, 401},
+		{"expired token", "", []string{bearer(expired)}, 401},
+		{"expired token in the query", "?authorization=" + expired, nil, 401},
+		{"token signed with another key", "", []string{bearer(wrongKey)}, 401},
 		{"garbage token", "?token=abc", nil, 401},
 		{"refresh token", "?token=" + refresh, nil, 403},
 		{"refresh token in header", "", []string{bearer(refresh)}, 403},
