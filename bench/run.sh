@@ -414,6 +414,36 @@ go test -run '^$' -bench . -benchmem -benchtime "$BENCHTIME" \
 say ""
 fi
 
+# ---------------------------------------------------------------- commands
+# The exact command lines behind the tables, with this run's values (ports are free loopback
+# ports picked per run, tokens are user 1000's access token from a login).
+APIPATH=/pbxcore/api/module-softphone-backend/v1
+{
+	echo "## Commands"
+	echo ""
+	echo "Servers and their configuration are set up by \`bench/run.sh\` (the gateway's Caddyfile is its \`gateway\` function); the"
+	echo "load generators run as follows."
+	echo ""
+	if part 1; then
+		echo "- Token checks, each route: \`wrk -t2 -c$WRK_CONN -d${DUR}s --latency -H 'Authorization: Bearer <access token>' http://127.0.0.1:<port><route>\`,"
+		echo "  routes \`$APIPATH/respond-ceiling\`, \`/file/rec.wav\`, \`$APIPATH/check-media-access\`, \`/guard/rec.wav\`,"
+		echo "  \`/fal/rec.wav\`, \`/fa/rec.wav\`, \`/far/rec.wav\` (a 4 KiB file), two rounds in that order."
+	fi
+	if part 2; then
+		echo "- SIP, each step: \`sipp 127.0.0.1:<port> -sf sipsidecar/testdata/register-auth.xml -inf users.csv -i 127.0.0.1 -p <port> -r <rate> -m <rate×$SIP_SECS> -l <rate×2> -nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 -buff_size 4194304 -trace_err -error_file sipp-errors.log\`;"
+		echo "  Kamailio: \`kamailio -f bench/kamailio.cfg -DD -E -m 256 -M 16\`; the sidecar: \`bin/sipsidecar\` with"
+		echo "  \`SIPSIDECAR_AUTH_HOOK_URL=<gateway>$APIPATH/sip/auth SIPSIDECAR_REALM=softphone SIPSIDECAR_DIGEST_ALGORITHMS=MD5,SHA-256 SIPSIDECAR_RATE_LIMIT=1000000 SIPSIDECAR_RATE_BURST=1000000\`"
+		echo "  (and \`SIPSIDECAR_REDIS_URL\` for the Redis row)."
+	fi
+	if part 3; then
+		echo "- Fan-out, each row: \`bin/fanout -sub <subscribe URL> -pub <publish URL> -n <N> -mode longpoll|eventsource -pid <server pid> -timeout 30s\`."
+	fi
+	if part 4; then
+		echo "- Microbenchmarks: \`go test -run '^\$' -bench . -benchmem -benchtime $BENCHTIME ./caddymodule/internal/token/ ./caddymodule/internal/users/ ./internal/sipdigest/ ./sipsidecar/internal/digest/ ./sipsidecar/internal/location/ ./caddymodule/internal/store/\`."
+	fi
+	echo ""
+} >>"$RES"
+
 # ---------------------------------------------------------------- write
 {
 	echo "# softphone-gateway benchmark results"
