@@ -7,7 +7,7 @@
 package seclog
 
 import (
-	"bufio"
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -79,28 +79,54 @@ func plainASCII(s string) bool {
 }
 
 // Log is a size-rotated security log file, safe for concurrent use.
+//
+// Writers only append their line to a buffer in memory; one goroutine of the Log writes the
+// buffer to the file. A busy media route writes a line per request, and a write(2) that
+// waits on the file system must not hold up every request that logs behind it (it did: a
+// check-media-access with the log on ran 4–7% slower than with it off, and not for the CPU
+// of the lines).
 type Log struct {
 	path     string
 	maxBytes int64
 	keep     int
 
-	mu    sync.Mutex
-	f     *os.File
-	w     *bufio.Writer
-	size  int64
-	timer *time.Timer // pending flush of routine lines
-	line  []byte      // reused formatting buffer
+	mu      sync.Mutex
+	changed *sync.Cond // a flush finished or the Log closed (writers waiting on either)
+	buf     []byte     // lines not yet handed to the writer goroutine
+	spare   []byte     // the writer's last buffer, reused
+	queued  uint64     // lines appended so far
+	written uint64     // lines handed to the file so far
+	urgent  int        // writers waiting for their line to reach the file
+	err     error      // the last write's error, nil once a write succeeds again
+	closed  bool       // Close was called: no more lines
+	ended   bool       // the writer goroutine has written its last line
 
-	// The last timestamp formatted, reused while the second and the zone stay the same (a
-	// busy media route writes many lines a second).
+	kick chan struct{} // lines to write (cap 1)
+	stop chan struct{} // closed by Close
+	done chan struct{} // closed when the writer goroutine has written everything
+
+	// The writer goroutine's own: the file and its size.
+	f    *os.File
+	size int64
+
+	// The last timestamp formatted, reused while the second and the zone stay the same.
 	stampSec  int64
 	stampZone *time.Location
 	stamp     []byte
+	line      []byte // reused formatting buffer (under mu)
 }
 
 // flushDelay is how long a routine line (a grant, a login) may wait in memory before it is
 // written; failures and denials are written at once (fail2ban reads them).
 const flushDelay = 200 * time.Millisecond
+
+// flushSize is how much the buffer holds before the writer goroutine is woken early, and
+// maxPending how much it may hold before writers wait (a file system that has stopped
+// answering does not grow the gateway's memory without bound; nothing is dropped).
+const (
+	flushSize  = 64 << 10
+	maxPending = 4 << 20
+)
 
 // Open opens (creating, mode 0600) the log at path. When a write would take it past maxBytes
 // it is renamed to path.1 (older ones shift up to path.keep) and a new file is started.
@@ -114,10 +140,13 @@ func Open(path string, maxBytes int64, keep int) (*Log, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating security log folder: %w", err)
 	}
-	l := &Log{path: path, maxBytes: maxBytes, keep: keep}
+	l := &Log{path: path, maxBytes: maxBytes, keep: keep,
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	l.changed = sync.NewCond(&l.mu)
 	if err := l.open(); err != nil {
 		return nil, err
 	}
+	go l.run()
 	return l, nil
 }
 
@@ -132,7 +161,6 @@ func (l *Log) open() error {
 		return fmt.Errorf("opening security log: %w", err)
 	}
 	l.f, l.size = f, st.Size()
-	l.w = bufio.NewWriterSize(f, 16<<10)
 	return nil
 }
 
@@ -145,32 +173,48 @@ func urgent(ev Event) bool {
 	return false
 }
 
-// Write appends one event.
+// Write appends one event. An urgent one is in the file (handed to the OS) when Write
+// returns, with every line before it; a routine one within flushDelay.
 func (l *Log) Write(ev Event, message, from string, at time.Time) error {
+	now := urgent(ev)
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.line = appendLine(l.line[:0], ev, message, from, l.timestamp(at))
-	line := l.line
-	if l.f == nil {
+	for len(l.buf) >= maxPending && !l.closed {
+		l.changed.Wait()
+	}
+	if l.closed {
+		l.mu.Unlock()
 		return fmt.Errorf("security log is closed")
 	}
-	if l.size > 0 && l.size+int64(len(line)) > l.maxBytes {
-		if err := l.rotate(); err != nil {
-			return err
+	l.line = appendLine(l.line[:0], ev, message, from, l.timestamp(at))
+	wake := len(l.buf) == 0 || len(l.buf)+len(l.line) >= flushSize
+	l.buf = append(l.buf, l.line...)
+	l.queued++
+	mine := l.queued
+	if now {
+		l.urgent++
+		wake = true
+	}
+	if wake {
+		select {
+		case l.kick <- struct{}{}:
+		default:
 		}
 	}
-	n, err := l.w.Write(line)
-	l.size += int64(n)
-	if err != nil {
-		return fmt.Errorf("writing security log: %w", err)
+	if !now {
+		err := l.err
+		l.mu.Unlock()
+		return err
 	}
-	if urgent(ev) {
-		return l.flushLocked()
+	for l.written < mine && !l.ended {
+		l.changed.Wait()
 	}
-	if l.timer == nil {
-		l.timer = time.AfterFunc(flushDelay, l.Flush)
+	l.urgent--
+	err := l.err
+	if l.written < mine {
+		err = fmt.Errorf("security log is closed")
 	}
-	return nil
+	l.mu.Unlock()
+	return err
 }
 
 // timestamp is at in TimeLayout (under l.mu).
@@ -182,29 +226,105 @@ func (l *Log) timestamp(at time.Time) []byte {
 	return l.stamp
 }
 
-// Flush writes buffered lines to the file.
-func (l *Log) Flush() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.flushLocked()
+// run is the writer goroutine: it wakes when the first line arrives, gives routine lines
+// flushDelay to gather (unless a writer waits or the buffer fills), and writes them out.
+func (l *Log) run() {
+	defer func() {
+		l.mu.Lock()
+		l.ended = true
+		l.changed.Broadcast()
+		l.mu.Unlock()
+		close(l.done)
+	}()
+	delay := time.NewTimer(flushDelay)
+	delay.Stop()
+	for {
+		select {
+		case <-l.kick:
+		case <-l.stop:
+			l.flush()
+			return
+		}
+		if !l.hurry() {
+			delay.Reset(flushDelay)
+			select {
+			case <-delay.C:
+			case <-l.kick: // a writer waits, or the buffer is full
+			case <-l.stop:
+			}
+			delay.Stop()
+		}
+		l.flush()
+	}
 }
 
-func (l *Log) flushLocked() error {
-	if l.timer != nil {
-		l.timer.Stop()
-		l.timer = nil
+func (l *Log) hurry() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.urgent > 0 || len(l.buf) >= flushSize
+}
+
+// flush hands the buffer to the file (the writer goroutine only).
+func (l *Log) flush() {
+	l.mu.Lock()
+	data, upto := l.buf, l.queued
+	l.buf = l.spare[:0]
+	l.mu.Unlock()
+	if len(data) == 0 {
+		return
 	}
-	if l.w == nil {
-		return nil
+	err := l.writeOut(data)
+	l.mu.Lock()
+	if cap(data) <= 2*flushSize {
+		l.spare = data[:0]
+	} else {
+		l.spare = nil // a burst grew it: let it go
 	}
-	if err := l.w.Flush(); err != nil {
-		return fmt.Errorf("writing security log: %w", err)
+	l.written, l.err = upto, err
+	l.changed.Broadcast()
+	l.mu.Unlock()
+}
+
+// writeOut writes whole lines, rotating first whenever the next ones would take the file
+// past maxBytes (a file is never cut inside a line; a single line longer than maxBytes gets
+// a file of its own).
+func (l *Log) writeOut(data []byte) error {
+	for len(data) > 0 {
+		if l.f == nil {
+			if err := l.open(); err != nil {
+				return err
+			}
+		}
+		n := len(data)
+		if l.size+int64(n) > l.maxBytes {
+			n = 0
+			if room := l.maxBytes - l.size; room > 0 {
+				n = bytes.LastIndexByte(data[:room], '\n') + 1
+			}
+			if n == 0 && l.size == 0 { // one line longer than maxBytes: on its own
+				if n = bytes.IndexByte(data, '\n') + 1; n == 0 {
+					n = len(data)
+				}
+			}
+		}
+		if n > 0 {
+			w, err := l.f.Write(data[:n])
+			l.size += int64(w)
+			if err != nil {
+				return fmt.Errorf("writing security log: %w", err)
+			}
+			data = data[n:]
+		}
+		if len(data) > 0 {
+			if err := l.rotate(); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
 
 func (l *Log) rotate() error {
-	l.flushLocked()
 	l.f.Close()
 	l.f = nil
 	for i := l.keep - 1; i >= 1; i-- {
@@ -216,15 +336,26 @@ func (l *Log) rotate() error {
 	return l.open()
 }
 
-// Close closes the file.
+// Close writes what is buffered and closes the file. Writes after Close fail.
 func (l *Log) Close() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
+	if l.closed {
+		l.mu.Unlock()
 		return nil
 	}
-	l.flushLocked()
-	err := l.f.Close()
-	l.f, l.w = nil, nil
+	l.closed = true
+	l.changed.Broadcast()
+	l.mu.Unlock()
+	close(l.stop)
+	<-l.done
+	l.mu.Lock()
+	err := l.err
+	l.mu.Unlock()
+	if l.f != nil {
+		if cerr := l.f.Close(); err == nil {
+			err = cerr
+		}
+		l.f = nil
+	}
 	return err
 }

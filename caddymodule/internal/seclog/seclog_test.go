@@ -133,3 +133,70 @@ func TestLineCleansFields(t *testing.T) {
 		}
 	}
 }
+
+// Lines wait in memory for the writer goroutine. A burst of more lines than may wait
+// (maxPending) loses none: writers wait when that much is pending, and Close writes the rest.
+func TestBurstLosesNoLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "security.log")
+	l, _ := Open(path, 1<<30, 2)
+	const writers, each = 4, 15000 // about 6 MiB of lines, over maxPending
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Go(func() {
+			for range each {
+				if err := l.Write(MediaAccessGranted, "Media access granted for user: "+strings.Repeat("u", 20+i), "127.0.0.1", time.Now()); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	if len(b) < maxPending {
+		t.Fatalf("the burst (%d bytes) did not exceed maxPending", len(b))
+	}
+	if n := strings.Count(string(b), "\n"); n != writers*each {
+		t.Fatalf("%d lines, want %d", n, writers*each)
+	}
+}
+
+func TestWriteAfterCloseFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "security.log")
+	l, _ := Open(path, 1<<20, 2)
+	l.Write(AuthSuccess, "User 201 logged in successfully", "127.0.0.1", time.Now())
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []Event{AuthFailed, MediaAccessGranted} {
+		if err := l.Write(ev, "after close", "127.0.0.1", time.Now()); err == nil {
+			t.Fatalf("%s written after Close", ev)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	b, _ := os.ReadFile(path)
+	if strings.Count(string(b), "\n") != 1 || strings.Contains(string(b), "after close") {
+		t.Fatalf("file after Close: %q", b)
+	}
+}
+
+// A line longer than max_size gets a file of its own; no file is cut inside a line.
+func TestLongLineRotatesWhole(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "security.log")
+	l, _ := Open(path, 300, 3)
+	l.Write(AuthSuccess, "User 201 logged in successfully", "127.0.0.1", time.Now())
+	l.Write(AuthFailed, "Failed login attempt for user: "+strings.Repeat("x", 400), "10.0.0.5", time.Now())
+	l.Write(AuthFailed, "Failed login attempt for user: 202", "10.0.0.5", time.Now())
+	l.Close()
+	for p, want := range map[string]string{path + ".2": "User 201", path + ".1": "xxxx", path: "user: 202"} {
+		b, err := os.ReadFile(p)
+		if err != nil || strings.Count(string(b), "\n") != 1 || !strings.HasSuffix(string(b), "\n") || !strings.Contains(string(b), want) {
+			t.Fatalf("%s: %q %v", p, b, err)
+		}
+	}
+}
