@@ -83,7 +83,7 @@ func plainASCII(s string) bool {
 // Writers only append their line to a buffer in memory; one goroutine of the Log writes the
 // buffer to the file. A busy media route writes a line per request, and a write(2) that
 // waits on the file system must not hold up every request that logs behind it (it did: a
-// check-media-access with the log on ran 4–7% slower than with it off, and not for the CPU
+// check-media-access with the log on ran 4–9% slower than with it off, and not for the CPU
 // of the lines).
 type Log struct {
 	path     string
