@@ -212,11 +212,7 @@ func forge(header, claims map[string]any, key []byte) string {
 func TestForgedTokensAreRefused(t *testing.T) {
 	g := startGateway(t, "", "softphone_api")
 	access, refresh := g.login("201", "b749601f329a635a19c4a87bc359be3d")
-	key, err := os.ReadFile(filepath.Join(g.DataDir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key = []byte(strings.TrimSpace(string(key)))
+	key := g.signingKey()
 	now := time.Now().Unix()
 	claims := func(typ string, exp int64) map[string]any {
 		return map[string]any{"sub": 1, "username": "201", "role": "user", "iat": now, "exp": exp, "type": typ}
@@ -299,8 +295,7 @@ func TestForgedTokensAreRefused(t *testing.T) {
 
 func TestPHPTokensLogOutTogether(t *testing.T) {
 	g := startGateway(t, "", "softphone_api")
-	key, _ := os.ReadFile(filepath.Join(g.DataDir, "secret.key"))
-	key = []byte(strings.TrimSpace(string(key)))
+	key := g.signingKey()
 	now := time.Now().Unix()
 	hs256 := map[string]any{"typ": "JWT", "alg": "HS256"}
 	access := forge(hs256, map[string]any{"sub": 1, "username": "201", "role": "user", "iat": now, "exp": now + 3600, "type": "access"}, key)

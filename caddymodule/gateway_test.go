@@ -158,6 +158,16 @@ func (g *testGateway) login(user, password string) (access, refresh string) {
 	return r.str("access_token"), r.str("refresh_token")
 }
 
+// signingKey is the gateway's token key, as secret.key holds it (trimmed), to forge tokens with.
+func (g *testGateway) signingKey() []byte {
+	g.t.Helper()
+	key, err := os.ReadFile(filepath.Join(g.DataDir, "secret.key"))
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return []byte(strings.TrimSpace(string(key)))
+}
+
 func bearer(tok string) string { return "Authorization: Bearer " + tok }
 
 // wantError checks status, the contract's envelope and its exact message.

@@ -125,11 +125,7 @@ func TestGuardAndForwardAuth(t *testing.T) {
 		}
 	})
 
-	key, err := os.ReadFile(filepath.Join(g.DataDir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key = []byte(strings.TrimSpace(string(key)))
+	key := g.signingKey()
 	now := time.Now().Unix()
 	hs256 := map[string]any{"alg": "HS256", "typ": "JWT"}
 	claims := func(exp int64) map[string]any {

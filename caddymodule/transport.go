@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -65,9 +66,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("softphone transport: only %s is answered here, not %q", t.check, req.URL.Path)
 	}
 	w := &localAnswer{header: make(http.Header, 8)}
-	if err := t.api.ServeHTTP(w, req, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
-		return fmt.Errorf("softphone transport: %s not handled", req.URL.Path)
-	})); err != nil {
+	if err := t.api.ServeHTTP(w, req, unhandled); err != nil {
 		return nil, err
 	}
 	if w.status == 0 {
@@ -89,6 +88,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return res, nil
 }
+
+// unhandled is the API's next handler here. It is never reached: the API answers every path
+// under its prefix, check-media-access among them.
+var unhandled = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+	return errors.New("softphone transport: request not handled")
+})
 
 // localAnswer collects a handler's answer for RoundTrip.
 type localAnswer struct {
