@@ -76,6 +76,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	if err != nil {
 		return err
 	}
+	m.HookRequests(func() float64 { return float64(hook.Requests()) })
 
 	var wg sync.WaitGroup
 	defer wg.Wait()

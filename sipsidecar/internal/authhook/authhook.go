@@ -79,7 +79,11 @@ type Client struct {
 	batch     atomic.Int32 // callbacks per request the hook takes; <= 1: one at a time
 
 	batches *coalesce.Queue[*pending] // callbacks waiting for a batch
+	posts   atomic.Uint64             // HTTP requests sent
 }
+
+// Requests is the number of HTTP requests sent to the hook so far (one carries a batch).
+func (c *Client) Requests() uint64 { return c.posts.Load() }
 
 // BatchHeader is the answer header by which a hook says it takes a JSON array of callback
 // bodies, up to the number it gives, and answers with an array of answers in order. Our
@@ -210,6 +214,7 @@ func (c *Client) post(ctx context.Context, body []byte) ([]byte, error) {
 	if c.user != "" {
 		req.SetBasicAuth(c.user, c.password)
 	}
+	c.posts.Add(1)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var ue *neturl.Error

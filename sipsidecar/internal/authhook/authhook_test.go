@@ -305,6 +305,9 @@ func TestBatches(t *testing.T) {
 		if b.arrays == 0 || b.largest < 2 || b.largest > 8 || b.requests >= n {
 			t.Fatalf("%d requests, %d arrays, largest %d: want batches of 2..8", b.requests, b.arrays, b.largest)
 		}
+		if got := c.Requests(); got != uint64(b.requests) {
+			t.Fatalf("client counted %d requests, the hook saw %d", got, b.requests)
+		}
 	})
 
 	t.Run("a hook that offers nothing never gets an array", func(t *testing.T) {

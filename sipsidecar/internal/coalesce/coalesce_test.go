@@ -64,6 +64,55 @@ func TestQueue(t *testing.T) {
 		}
 	})
 
+	t.Run("a second sender takes only a full group while the first is on the wire", func(t *testing.T) {
+		release := make(chan struct{})
+		groups := make(chan []int, 16)
+		q := &Queue[int]{Senders: 2, Limit: func() int { return 4 }, Send: func(g []int) {
+			groups <- g
+			<-release
+		}}
+		// Both senders exist from the start: the first group of one, then a full group.
+		q.Add(0)
+		if g := <-groups; len(g) != 1 {
+			t.Fatalf("first group %v, want [0]", g)
+		}
+		for i := 1; i <= 4; i++ {
+			q.Add(i)
+		}
+		if g := <-groups; len(g) != 4 {
+			t.Fatalf("second group %v, want 4 items", g)
+		}
+		// Both are on the wire. Let them come back: the one left idle must not take a
+		// partial group while the other is sending.
+		release <- struct{}{}
+		release <- struct{}{}
+		for {
+			q.mu.Lock()
+			back := q.senders == 2 && q.busy == 0
+			q.mu.Unlock()
+			if back {
+				break
+			}
+			runtime.Gosched()
+		}
+		q.Add(5) // one free sender takes it at once
+		if g := <-groups; len(g) != 1 || g[0] != 5 {
+			t.Fatalf("lone item went as %v", g)
+		}
+		for i := 6; i <= 8; i++ {
+			q.Add(i) // a partial group waits for the sender on the wire
+		}
+		select {
+		case g := <-groups:
+			t.Fatalf("partial group %v sent beside one on the wire", g)
+		case <-time.After(50 * time.Millisecond):
+		}
+		close(release)
+		if g := <-groups; len(g) != 3 {
+			t.Fatalf("waiting items went as %v, want one group of 3", g)
+		}
+	})
+
 	t.Run("a full queue refuses", func(t *testing.T) {
 		release := make(chan struct{})
 		q := &Queue[int]{MaxQueued: 3, Send: func([]int) { <-release }}

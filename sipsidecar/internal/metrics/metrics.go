@@ -18,6 +18,7 @@ type Metrics struct {
 	publishes    *prometheus.CounterVec
 	webhooks     *prometheus.CounterVec
 	retransmits  *prometheus.CounterVec
+	hookRequests prometheus.CounterFunc // set by HookRequests
 	Bindings     prometheus.GaugeFunc
 }
 
@@ -72,6 +73,16 @@ func New(liveAORs func() float64) *Metrics {
 	return m
 }
 
+// HookRequests reports the HTTP requests sent to the auth hook: fewer than callbacks when
+// the hook takes batches.
+func (m *Metrics) HookRequests(sent func() float64) {
+	m.hookRequests = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "sipsidecar", Subsystem: "auth_hook", Name: "requests_total",
+		Help: "HTTP requests sent to the auth hook (one carries a batch of callbacks when the hook takes batches).",
+	}, sent)
+	m.Registry.MustRegister(m.hookRequests)
+}
+
 // Register counts a handled request.
 func (m *Metrics) Register(result string) { m.registers.WithLabelValues(result).Inc() }
 
@@ -104,5 +115,9 @@ func (m *Metrics) Webhook(result string) { m.webhooks.WithLabelValues(result).In
 
 // Collectors lists ours (for lint tests).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.registers, m.dropped, m.hookCalls, m.hookDuration, m.expired, m.publishes, m.webhooks}
+	cs := []prometheus.Collector{m.registers, m.dropped, m.hookCalls, m.hookDuration, m.expired, m.publishes, m.webhooks, m.retransmits}
+	if m.hookRequests != nil {
+		cs = append(cs, m.hookRequests)
+	}
+	return cs
 }

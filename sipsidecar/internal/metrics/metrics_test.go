@@ -14,6 +14,8 @@ func TestMetricsPassPromlint(t *testing.T) {
 	m.Expired(2)
 	m.Published(true)
 	m.Webhook("ok")
+	m.Retransmission("absorbed")
+	m.HookRequests(func() float64 { return 7 })
 	for _, c := range append(m.Collectors(), m.Bindings) {
 		problems, err := testutil.CollectAndLint(c)
 		if err != nil {
@@ -25,5 +27,8 @@ func TestMetricsPassPromlint(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.Bindings); got != 3 {
 		t.Fatalf("registered_aors %v", got)
+	}
+	if got := testutil.ToFloat64(m.hookRequests); got != 7 {
+		t.Fatalf("auth_hook_requests_total %v", got)
 	}
 }
