@@ -123,6 +123,13 @@ func TestResponseFormulas(t *testing.T) {
 	}
 }
 
+func TestEqualAllocatesNothing(t *testing.T) {
+	a, b := "0123456789ABCDEF0123456789abcdef", "0123456789abcdef0123456789ABCDEF"
+	if n := testing.AllocsPerRun(100, func() { Equal(a, b) }); n != 0 {
+		t.Fatalf("Equal allocates %v times", n)
+	}
+}
+
 func TestEqual(t *testing.T) {
 	cases := []struct {
 		a, b string
@@ -137,6 +144,11 @@ func TestEqual(t *testing.T) {
 		{"", "", false},
 		{"", "abc", false},
 		{"abc", "", false},
+		// Only letters fold: '@' and '`' are 0x20 apart like 'A' and 'a', '[' and '{' too.
+		{"@", "`", false},
+		{"[", "{", false},
+		{"Z", "z", true},
+		{"0123456789abcdef", "0123456789ABCDEF", true},
 	}
 	for _, c := range cases {
 		if got := Equal(c.a, c.b); got != c.want {
