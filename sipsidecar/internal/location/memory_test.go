@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,6 +59,8 @@ func BenchmarkMemoryUpdateManyAORsParallel(b *testing.B) {
 func BenchmarkMemoryLookup(b *testing.B) { benchLookup(b, location.NewMemory()) }
 
 func BenchmarkMemoryUseNonce(b *testing.B) { benchUseNonce(b, location.NewMemory()) }
+
+func BenchmarkMemoryUseNonceFirst(b *testing.B) { benchUseNonceFirst(b, location.NewMemory()) }
 
 func BenchmarkMemoryExpire(b *testing.B) { benchExpire(b, location.NewMemory()) }
 
@@ -214,6 +217,20 @@ func benchUseNonce(b *testing.B, s location.Store) {
 	i := 0
 	for b.Loop() {
 		if err := s.UseNonce(ctx, nonces[i%len(nonces)], uint64(1+i/len(nonces)), time.Minute); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// benchUseNonceFirst is each nonce's first use with nc 1, as phones answer challenges.
+func benchUseNonceFirst(b *testing.B, s location.Store) {
+	ctx := context.Background()
+	prefix := fmt.Sprintf("bench-first-%d-", time.Now().UnixNano())
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := s.UseNonce(ctx, prefix+strconv.Itoa(i), 1, time.Minute); err != nil {
 			b.Fatal(err)
 		}
 		i++

@@ -373,9 +373,24 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`)
 
 // UseNonce implements Store. A ttl below a millisecond counts as one millisecond.
+//
+// nc 1 is how a phone answers a fresh challenge, by far the most common case: it is a plain
+// SET NX with the TTL, accepted if the nonce was never counted. Any other nc, and an nc 1
+// the nonce already has a count for (a replay, or a count of 0 before it), goes through the
+// compare script. Two sidecars racing on one nc 1: one SET wins, the other's script sees it.
 func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error {
 	ms := max(ttl.Milliseconds(), 1)
-	ok, err := r.p.script(ctx, useNonce, []string{r.prefix + "nonce:" + nonce}, nc, ms).Int()
+	key := r.prefix + "nonce:" + nonce
+	if nc == 1 {
+		first := redis.NewStatusCmd(ctx, "set", key, nc, "px", ms, "nx")
+		switch err := r.p.do(ctx, first); {
+		case err == nil:
+			return nil
+		case !errors.Is(err, redis.Nil):
+			return unavailable(err)
+		}
+	}
+	ok, err := r.p.script(ctx, useNonce, []string{key}, nc, ms).Int()
 	if err != nil {
 		return unavailable(err)
 	}

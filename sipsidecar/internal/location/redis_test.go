@@ -327,6 +327,7 @@ func BenchmarkRedisUpdate(b *testing.B)         { benchRedis(b, benchUpdate) }
 func BenchmarkRedisUpdateParallel(b *testing.B) { benchRedis(b, benchUpdateParallel) }
 func BenchmarkRedisLookup(b *testing.B)         { benchRedis(b, benchLookup) }
 func BenchmarkRedisUseNonce(b *testing.B)       { benchRedis(b, benchUseNonce) }
+func BenchmarkRedisUseNonceFirst(b *testing.B)  { benchRedis(b, benchUseNonceFirst) }
 func BenchmarkRedisExpire(b *testing.B)         { benchRedis(b, benchExpire) }
 
 // pipelineCounter counts what a client sends: single commands and pipelines.

@@ -488,6 +488,16 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 		if err := s.UseNonce(ctx, n+"-other", 1, time.Minute); err != nil {
 			t.Fatalf("another nonce has its own count: %v", err)
 		}
+		// A first use with nc 0, then 1: 1 is above 0 (the Redis store answers nc 1 with
+		// SET NX first, and must not take the existing count for a replay).
+		for i, st := range []struct {
+			nc   uint64
+			want error
+		}{{0, nil}, {0, location.ErrReplay}, {1, nil}, {1, location.ErrReplay}, {2, nil}} {
+			if err := s.UseNonce(ctx, n+"-zero", st.nc, time.Minute); !errors.Is(err, st.want) || (st.want == nil && err != nil) {
+				t.Fatalf("step %d, nc %d: %v, want %v", i, st.nc, err, st.want)
+			}
+		}
 	})
 
 	t.Run("one nc is accepted once however many try at once", func(t *testing.T) {
