@@ -20,7 +20,9 @@ package location
 // An AOR's hash and its two index entries change together: Update reads the hash and
 // writes with a compare-and-set script that applies only if the hash is still what was read
 // (Expire uses WATCH <aor key> / MULTI / EXEC): two REGISTERs (or two sidecars) racing on one
-// AOR never lose a binding, the loser retries on fresh data (bounded). Expired bindings stay in the hash, hidden from
+// AOR never lose a binding, the loser retries on fresh data (bounded). An Update right after a
+// Lookup of the same AOR (a challenge, then the authenticated REGISTER) starts from what the
+// Lookup read (recentReads) and reads only if the compare-and-set finds it out of date. Expired bindings stay in the hash, hidden from
 // Lookup and Update's fn, until an Expire call removes and reports them, once.
 
 import (
@@ -39,7 +41,8 @@ import (
 // Redis is the Store shared by several sidecars; bindings survive a sidecar restart.
 type Redis struct {
 	c      redis.UniversalClient
-	p      *pipe // the REGISTER path's commands
+	p      *pipe        // the REGISTER path's commands
+	recent *recentReads // Lookup's reads, for the Update after them
 	prefix string
 	owned  bool
 }
@@ -52,7 +55,7 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 	if prefix == "" {
 		prefix = "sipsidecar:"
 	}
-	return &Redis{c: client, p: newPipe(client), prefix: prefix}
+	return &Redis{c: client, p: newPipe(client), recent: newRecentReads(time.Now), prefix: prefix}
 }
 
 // OpenRedis connects to a redis://, rediss:// or unix:// URL with timeouts short enough that
@@ -163,11 +166,22 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 	key := r.aorKey(aor)
 	keys := []string{key, r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
 	for attempt := range maxTxRetries {
-		m, err := r.p.hgetall(ctx, key)
-		if err != nil {
-			return nil, unavailable(err)
+		var m map[string]string
+		var all []Binding
+		kept := false
+		if attempt == 0 {
+			var e recentRead
+			if e, kept = r.recent.take(aor); kept {
+				m, all = e.hash, e.all
+			}
 		}
-		all := decodeAll(m)
+		if !kept {
+			var err error
+			if m, err = r.p.hgetall(ctx, key); err != nil {
+				return nil, unavailable(err)
+			}
+			all = decodeAll(m)
+		}
 		live := make([]Binding, 0, len(all))
 		for _, b := range all {
 			if b.Live(now) {
@@ -195,6 +209,9 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 		}
 		if done == 1 {
 			return next, nil
+		}
+		if kept {
+			continue // the kept read was out of date: read the hash now
 		}
 		// Another writer changed the AOR between our read and our write: read again.
 		pause := time.Duration(rand.IntN(1000*min(attempt+1, 10))) * time.Microsecond
@@ -284,8 +301,10 @@ func (r *Redis) Lookup(ctx context.Context, aor string, now time.Time) ([]Bindin
 	if err != nil {
 		return nil, unavailable(err)
 	}
+	all := decodeAll(m)
+	r.recent.put(aor, m, all)
 	var out []Binding
-	for _, b := range decodeAll(m) {
+	for _, b := range all {
 		if b.Live(now) {
 			out = append(out, b)
 		}

@@ -391,6 +391,124 @@ func TestRedisConcurrentCommandsSharePipelines(t *testing.T) {
 	}
 }
 
+// commandCounter counts the commands a client sends, by name.
+type commandCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *commandCounter) count(cmds ...redis.Cmder) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cmd := range cmds {
+		c.n[cmd.Name()]++
+	}
+}
+func (c *commandCounter) get(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[name]
+}
+func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.count(cmd); return next(ctx, cmd) }
+}
+func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.count(cmds...); return next(ctx, cmds) }
+}
+
+// The challenge's NAT-refresh lookup and the authenticated REGISTER's update: the update
+// starts from what the lookup read instead of reading the hash again.
+func TestRedisUpdateAfterLookupReadsOnce(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	counter := &commandCounter{n: map[string]int{}}
+	raw.AddHook(counter)
+	s := location.NewRedis(raw, fmt.Sprintf("t%d:", prefixSeq.Add(1)))
+	ctx := context.Background()
+	now := time.Now()
+	add := func(contact string) func([]location.Binding) ([]location.Binding, error) {
+		return func(cur []location.Binding) ([]location.Binding, error) {
+			return append(cur, location.Binding{Contact: contact, ExpiresAt: now.Add(time.Hour)}), nil
+		}
+	}
+	if _, err := s.Update(ctx, "201@pbx", now, add("sip:201@10.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter.get("hgetall"); got != 1 {
+		t.Fatalf("an update without a lookup before it read the hash %d times, want 1", got)
+	}
+	if _, err := s.Lookup(ctx, "201@pbx", now); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Update(ctx, "201@pbx", now, add("sip:201@10.0.0.2"))
+	if err != nil || len(got) != 2 {
+		t.Fatalf("update after a lookup: %v %v", got, err)
+	}
+	if n := counter.get("hgetall"); n != 2 {
+		t.Fatalf("lookup then update read the hash %d times in all, want 2 (one each for the first update and the lookup)", n)
+	}
+	// The kept read is used once: a second update reads again.
+	if _, err := s.Update(ctx, "201@pbx", now, add("sip:201@10.0.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	if n := counter.get("hgetall"); n != 3 {
+		t.Fatalf("%d reads after a second update, want 3", n)
+	}
+	if bs, _ := s.Lookup(ctx, "201@pbx", now); len(bs) != 3 {
+		t.Fatalf("bindings %v, want all three", bs)
+	}
+}
+
+// A kept read that another writer made stale (a second sidecar on the same Redis) costs a
+// retry, never the other writer's binding.
+func TestRedisStaleKeptReadLosesNothing(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	a, prefix := openRedis(t, srv.URL())
+	b, err := location.OpenRedis(srv.URL(), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	now := time.Now()
+	add := func(contact string) func([]location.Binding) ([]location.Binding, error) {
+		return func(cur []location.Binding) ([]location.Binding, error) {
+			return append(cur, location.Binding{Contact: contact, ExpiresAt: now.Add(time.Hour)}), nil
+		}
+	}
+	for round, aor := range []string{"empty@pbx", "full@pbx"} {
+		if round == 1 {
+			if _, err := a.Update(ctx, aor, now, add("sip:first")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := a.Lookup(ctx, aor, now); err != nil { // a keeps this read
+			t.Fatal(err)
+		}
+		if _, err := b.Update(ctx, aor, now, add("sip:other-sidecar")); err != nil {
+			t.Fatal(err)
+		}
+		calls := 0
+		got, err := a.Update(ctx, aor, now, func(cur []location.Binding) ([]location.Binding, error) {
+			calls++
+			return add("sip:mine")(cur)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 2 + round
+		if len(got) != want || calls != 2 {
+			t.Fatalf("%s: update from a stale read stored %v after %d calls of fn; want %d bindings, fn run twice", aor, got, calls, want)
+		}
+		bs, _ := b.Lookup(ctx, aor, now)
+		if len(bs) != want {
+			t.Fatalf("%s: the other sidecar sees %v", aor, bs)
+		}
+	}
+}
+
 func TestRedisScriptsSurviveAFlush(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
