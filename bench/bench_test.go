@@ -41,6 +41,7 @@ func TestBenchSmoke(t *testing.T) {
 		"fan-out gateway":    `\| gateway → Nchan \| eventsource \| \d+ \| [1-9]\d* \| [\d.]+ \|`,
 		"fan-out embedded":   `\| gateway, embedded broker \| longpoll \| \d+ \| [1-9]\d* \| [\d.]+ \|`,
 		"microbenchmark":     `\| BenchmarkVerify-\d+ \| [\d.]+ \|`,
+		"targets":            `\| .check-media-access. ≥ 0\.9× .respond. \(memory store\) \| \d\.\d{3}× \| (met|\*\*missed\*\*) \|`,
 	}
 	for name, pat := range checks {
 		if !regexp.MustCompile(pat).MatchString(res) {
