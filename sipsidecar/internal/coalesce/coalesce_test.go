@@ -113,6 +113,42 @@ func TestQueue(t *testing.T) {
 		}
 	})
 
+	t.Run("with Wait a partial group waits for more from its oldest item, a full one goes at once", func(t *testing.T) {
+		const wait = 300 * time.Millisecond
+		groups := make(chan []int, 4)
+		q := &Queue[int]{Limit: func() int { return 4 }, Wait: wait, Send: func(g []int) { groups <- g }}
+		start := time.Now()
+		q.Add(1)
+		q.Add(2)
+		select {
+		case g := <-groups:
+			t.Fatalf("partial group %v sent after %v, before Wait", g, time.Since(start))
+		case <-time.After(100 * time.Millisecond):
+		}
+		q.Add(3) // joins the waiting group; the wait still counts from item 1
+		select {
+		case g := <-groups:
+			if len(g) != 3 || time.Since(start) < wait {
+				t.Fatalf("group %v after %v, want [1 2 3] after at least %v", g, time.Since(start), wait)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a partial group never left")
+		}
+
+		slow := &Queue[int]{Limit: func() int { return 4 }, Wait: time.Hour, Send: func(g []int) { groups <- g }}
+		for i := range 4 {
+			slow.Add(i)
+		}
+		select {
+		case g := <-groups:
+			if len(g) != 4 {
+				t.Fatalf("full group went as %v", g)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a full group waited for Wait")
+		}
+	})
+
 	t.Run("a full queue refuses", func(t *testing.T) {
 		release := make(chan struct{})
 		q := &Queue[int]{MaxQueued: 3, Send: func([]int) { <-release }}

@@ -32,6 +32,7 @@ type Config struct {
 	HookPassword    string
 	HookTimeout     time.Duration
 	HookConcurrency int
+	HookBatchWait   time.Duration
 	Workers         int
 	NonceSecret     string
 	NonceTTL        time.Duration
@@ -76,6 +77,10 @@ func settings() []setting {
 			return
 		}},
 		{"AUTH_HOOK_CONCURRENCY", "128", "callbacks in flight at most", func(c *Config, v string) (err error) { c.HookConcurrency, err = integer(v, 1, 10000); return }},
+		{"AUTH_HOOK_BATCH_WAIT", "1ms", "how long a batched callback waits for others to join its request (hooks that take batches); 0 = none", func(c *Config, v string) (err error) {
+			c.HookBatchWait, err = duration(v, 0, 100*time.Millisecond)
+			return
+		}},
 		{"WORKERS", "1024", "SIP requests handled at once (each may wait for the store and the hook); as many UDP requests may wait, more are dropped", func(c *Config, v string) (err error) { c.Workers, err = integer(v, 1, 100000); return }},
 		{"NONCE_SECRET", "", "HMAC key of digest nonces (share it between sidecars); empty = random per process", func(c *Config, v string) error {
 			c.NonceSecret = v

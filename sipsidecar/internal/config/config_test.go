@@ -15,7 +15,7 @@ func TestDefaultsAndOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Listen) != 3 || c.Listen[2] != (Listener{"ws", "127.0.0.1:5066"}) || c.HookTimeout != 2*time.Second ||
+	if len(c.Listen) != 3 || c.Listen[2] != (Listener{"ws", "127.0.0.1:5066"}) || c.HookTimeout != 2*time.Second || c.HookBatchWait != time.Millisecond ||
 		c.ExpiresDefault != 3600 || c.ExpiresMin != 60 || c.ExpiresMax != 7200 || c.NATExpires != 30 || c.MaxContacts != 10 {
 		t.Fatalf("defaults %+v", c)
 	}
@@ -36,6 +36,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"AUTH_HOOK_URL":         "ftp://x",
 		"AUTH_HOOK_TIMEOUT":     "soon",
 		"AUTH_HOOK_CONCURRENCY": "0",
+		"AUTH_HOOK_BATCH_WAIT":  "-1ms",
 		"REDIS_URL":             "http://127.0.0.1:6379",
 		"NONCE_SECRET":          "short",
 		"NONCE_TTL":             "1ms",
@@ -65,6 +66,27 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 			}
 		})
 	}
+	for _, v := range []string{"1s", "soon", ""} {
+		t.Run("batch wait "+v, func(t *testing.T) {
+			m := map[string]string{"SIPSIDECAR_AUTH_HOOK_URL": "http://h/", "SIPSIDECAR_AUTH_HOOK_BATCH_WAIT": v}
+			c, err := Load(env(m), nil)
+			if v == "" { // unset: the default
+				if err != nil || c.HookBatchWait != time.Millisecond {
+					t.Fatalf("%v %v", c.HookBatchWait, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "SIPSIDECAR_AUTH_HOOK_BATCH_WAIT") {
+				t.Fatalf("err %v", err)
+			}
+		})
+	}
+	t.Run("batch wait 0 sends at once", func(t *testing.T) {
+		m := map[string]string{"SIPSIDECAR_AUTH_HOOK_URL": "http://h/", "SIPSIDECAR_AUTH_HOOK_BATCH_WAIT": "0"}
+		if c, err := Load(env(m), nil); err != nil || c.HookBatchWait != 0 {
+			t.Fatalf("%v %v", c.HookBatchWait, err)
+		}
+	})
 	t.Run("hook URL missing", func(t *testing.T) {
 		if _, err := Load(env(nil), nil); err == nil || !strings.Contains(err.Error(), "SIPSIDECAR_AUTH_HOOK_URL") {
 			t.Fatalf("err %v", err)
