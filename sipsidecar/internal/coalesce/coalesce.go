@@ -1,7 +1,8 @@
 // Package coalesce groups work that arrives while earlier work is on the wire, so that one
 // exchange carries many items: the auth hook's batched callbacks, the Redis commands of
-// concurrent REGISTERs in one pipeline. A lone item leaves at once, in a group of one;
-// under load the groups fill by themselves while the senders are busy.
+// concurrent REGISTERs in one pipeline. A lone item leaves at once (after Wait, when a
+// queue sets one), in a group of one; under load the groups fill by themselves while the
+// senders are busy.
 package coalesce
 
 import (
