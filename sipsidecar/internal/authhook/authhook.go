@@ -301,7 +301,7 @@ type outcome struct {
 
 // batchSenders is how many batch requests may be on the wire at once. Few senders make
 // batches large under load (the point: one HTTP exchange for many callbacks) while a lone
-// callback still leaves at once in a batch of one.
+// callback still leaves in a batch of one, after BatchWait at most.
 const batchSenders = 2
 
 // viaBatch queues body for the next batch and waits for its verdict.
