@@ -237,13 +237,10 @@ func Equal(a, b string) bool {
 	return subtle.ConstantTimeByteEq(diff, 0) == 1
 }
 
-// foldASCII lowers an ASCII capital letter without a branch: the 0x20 bit is set when c is
-// in 'A'..'Z'.
+// foldASCII lowers an ASCII capital letter without a branch: c-'A' is below 26 only for
+// 'A'..'Z' (for c < 'A' it wraps to near 2^32), and subtracting 26 in 64 bits then borrows
+// into the top bit, which becomes the 0x20 bit.
 func foldASCII(c byte) byte {
-	upper := (uint32(c) - 'A') < 26 // compiles to a comparison and SETcc, not a jump
-	var bit byte
-	if upper {
-		bit = 0x20
-	}
-	return c | bit
+	x := uint64(uint32(c) - 'A')
+	return c | byte((x-26)>>63)<<5
 }

@@ -467,3 +467,16 @@ func newHash(alg string) (hash.Hash, error) {
 	}
 	return nil, ErrAlgorithm
 }
+
+func TestFoldASCIIEveryByte(t *testing.T) {
+	for i := range 256 {
+		c := byte(i)
+		want := c
+		if 'A' <= c && c <= 'Z' {
+			want = c + ('a' - 'A')
+		}
+		if got := foldASCII(c); got != want {
+			t.Fatalf("foldASCII(%#x) = %#x, want %#x", c, got, want)
+		}
+	}
+}

@@ -20,10 +20,11 @@ package location
 // An AOR's hash and its two index entries change together: Update reads the hash and
 // writes with a compare-and-set script that applies only if the hash is still what was read
 // (Expire uses WATCH <aor key> / MULTI / EXEC): two REGISTERs (or two sidecars) racing on one
-// AOR never lose a binding, the loser retries on fresh data (bounded). An Update right after a
-// Lookup of the same AOR (a challenge, then the authenticated REGISTER) starts from what the
-// Lookup read (recentReads) and reads only if the compare-and-set finds it out of date. Expired bindings stay in the hash, hidden from
-// Lookup and Update's fn, until an Expire call removes and reports them, once.
+// AOR never lose a binding, the loser retries on fresh data (bounded). An Update right after
+// a Lookup of the same AOR (a challenge, then the authenticated REGISTER) starts from what
+// the Lookup read (recentReads) and reads only if the compare-and-set finds it out of date.
+// Expired bindings stay in the hash, hidden from Lookup and Update's fn, until an Expire call
+// removes and reports them, once.
 
 import (
 	"context"
