@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -111,7 +112,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	wg.Go(func() { reg.RunExpiry(bg, time.Second) })
 
 	srv := sipserver.New(sipserver.Options{
-		Handler:          func(req *sip.Request) *sip.Response { return reg.Handle(ctx, req, source(req)) },
+		Handler:          func(req *sip.Request, w *bytes.Buffer) int { return reg.Handle(ctx, req, source(req), w) },
 		Workers:          cfg.Workers,
 		Logger:           log.With("component", "sip"),
 		OnRetransmission: m.Retransmission,

@@ -33,7 +33,7 @@ func New(liveAORs func() float64) *Metrics {
 		}, []string{"result"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sipsidecar", Name: "dropped_total",
-			Help: "SIP requests dropped without an answer, by reason (scanner, banned, rate_limited).",
+			Help: "SIP requests dropped without an answer, by reason (scanner, banned, rate_limited, unroutable).",
 		}, []string{"reason"}),
 		hookCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sipsidecar", Subsystem: "auth_hook", Name: "calls_total",

@@ -15,7 +15,7 @@ import (
 
 // apply stores an authenticated REGISTER's contacts atomically (RFC 3261 §10.3 steps 6-8)
 // and answers with every binding.
-func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src Source, v authhook.Verdict, now time.Time) *sip.Response {
+func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src Source, v authhook.Verdict, now time.Time) *answer {
 	var added, removed []location.Binding
 	natKeys := map[string]bool{}
 	name := v.DisplayName
@@ -84,16 +84,14 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 	switch {
 	case errors.Is(err, errOutOfOrder):
 		r.count("out_of_order")
-		return r.reply(req, 500, "Out Of Order")
+		return r.reply(500, "Out Of Order")
 	case errors.Is(err, errTooMany):
 		r.count("too_many_contacts")
-		res := r.reply(req, 403, "Forbidden")
-		res.AppendHeader(sip.NewHeader("X-Reason", "too many contacts (at most "+strconv.Itoa(r.cfg.MaxContacts)+")"))
-		return res
+		return r.reply(403, "Forbidden").add("X-Reason", "too many contacts (at most "+strconv.Itoa(r.cfg.MaxContacts)+")")
 	case err != nil:
 		r.log.Warn("store unavailable", "aor", rq.aor, "err", err)
 		r.count("store_unavailable")
-		return r.unavailable(req)
+		return r.unavailable()
 	}
 	if r.events != nil {
 		for _, b := range added {
@@ -113,13 +111,13 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 	default:
 		r.count("ok")
 	}
-	return r.ok(req, result, natKeys, now)
+	return r.ok(result, natKeys, now)
 }
 
 // natRefresh answers a refresh without credentials when every contact is already bound,
 // live, NATed, from this very source and transport, in this Call-ID with a higher CSeq.
 // The binding keeps its granted expiry; only CSeq and UpdatedAt move. nil: not a refresh.
-func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request, src Source, now time.Time) *sip.Response {
+func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request, src Source, now time.Time) *answer {
 	if rq.wildcard || len(rq.contacts) == 0 {
 		return nil
 	}
@@ -158,13 +156,14 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 		return nil
 	}
 	r.count("nat_refresh")
-	return r.ok(req, result, natKeys, now)
+	return r.ok(result, natKeys, now)
 }
 
 // ok is the 200 listing every live binding with its remaining expiry; a NATed contact of
 // this request is told NATExpires so it keeps its pinhole open.
-func (r *Registrar) ok(req *sip.Request, bindings []location.Binding, natKeys map[string]bool, now time.Time) *sip.Response {
-	res := r.reply(req, 200, "OK")
+func (r *Registrar) ok(bindings []location.Binding, natKeys map[string]bool, now time.Time) *answer {
+	a := r.reply(200, "OK")
+	a.contacts = make([]boundContact, 0, len(bindings))
 	for _, b := range bindings {
 		left := int(b.ExpiresAt.Sub(now).Round(time.Second) / time.Second)
 		if left <= 0 {
@@ -175,14 +174,9 @@ func (r *Registrar) ok(req *sip.Request, bindings []location.Binding, natKeys ma
 		}
 		// The stored Contact is the URI as sipgo printed it from the REGISTER, so it is
 		// written back as it is rather than parsed again for every answer.
-		v := "<" + b.Contact + ">;expires=" + strconv.Itoa(left)
-		if b.InstanceID != "" {
-			v += `;+sip.instance="` + b.InstanceID + `"`
-		}
-		res.AppendHeader(sip.NewHeader("Contact", v))
+		a.contacts = append(a.contacts, boundContact{uri: b.Contact, instance: b.InstanceID, expires: left})
 	}
-	res.AppendHeader(sip.NewHeader("Date", sipDate(now)))
-	return res
+	return a.add("Date", sipDate(now))
 }
 
 // sipDate is now as a SIP Date (RFC 3261 §20.17), formatted once per second.

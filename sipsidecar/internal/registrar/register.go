@@ -52,7 +52,7 @@ var (
 // maxExpiresValue bounds any expires value before arithmetic (2^32-1, RFC 3261 §20.19).
 const maxExpiresValue = 1<<32 - 1
 
-func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) *sip.Response {
+func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) *answer {
 	now := r.now()
 	rq, bad := r.parse(req)
 	if bad != nil {
@@ -88,14 +88,14 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) 
 	if err != nil {
 		r.log.Warn("auth hook gave no verdict", "aor", rq.aor, "source", src.Addr(), "err", err)
 		r.count("hook_unavailable")
-		return r.unavailable(req)
+		return r.unavailable()
 	}
 	if !verdict.OK {
 		r.authFailed(ctx, rq.aor, src, "rejected by auth hook")
 		r.count("forbidden")
-		res := r.reply(req, 403, "Forbidden")
+		res := r.reply(403, "Forbidden")
 		if msg := headerSafe(verdict.Msg); msg != "" {
-			res.AppendHeader(sip.NewHeader("X-Reason", msg))
+			res.add("X-Reason", msg)
 		}
 		return res
 	}
@@ -104,7 +104,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) 
 
 // credentials checks the Authorization header up to (not including) the hook: a response
 // means the REGISTER ends here.
-func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src Source) (sipdigest.Credentials, *sip.Response) {
+func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src Source) (sipdigest.Credentials, *answer) {
 	var creds sipdigest.Credentials
 	var err error
 	found := false
@@ -124,7 +124,7 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 		return creds, r.challenge(req, realm, false)
 	case err != nil:
 		r.count("bad_request")
-		return creds, r.reply(req, 400, "Malformed Authorization")
+		return creds, r.reply(400, "Malformed Authorization")
 	case !found:
 		// Credentials for another realm: challenge for ours.
 		r.count("challenged")
@@ -138,7 +138,7 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 		// RFC 3261 §10.3 step 3: the authenticated user may not bind someone else's AOR.
 		r.authFailed(context.Background(), rq.aor, src, "auth username differs from the To user")
 		r.count("forbidden")
-		return creds, r.reply(req, 403, "Forbidden")
+		return creds, r.reply(403, "Forbidden")
 	}
 	if creds.QOP != "auth" {
 		// We offered qop=auth; without it there is no nonce count and no replay guard.
@@ -156,7 +156,7 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 	nc, err := digest.ParseNC(creds.NC)
 	if err != nil {
 		r.count("bad_request")
-		return creds, r.reply(req, 400, "Malformed Authorization")
+		return creds, r.reply(400, "Malformed Authorization")
 	}
 	switch err := r.store.UseNonce(context.Background(), creds.Nonce, nc, r.nonces.TTL()+time.Minute); {
 	case errors.Is(err, location.ErrReplay):
@@ -166,18 +166,18 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 	case err != nil:
 		r.log.Warn("store unavailable", "err", err)
 		r.count("store_unavailable")
-		return creds, r.unavailable(req)
+		return creds, r.unavailable()
 	}
 	return creds, nil
 }
 
 // challenge is a 401 with one WWW-Authenticate per offered algorithm, in order of
 // preference (RFC 8760 §2.4), all on one nonce.
-func (r *Registrar) challenge(req *sip.Request, realm string, stale bool) *sip.Response {
-	res := r.reply(req, 401, "Unauthorized")
+func (r *Registrar) challenge(req *sip.Request, realm string, stale bool) *answer {
+	res := r.reply(401, "Unauthorized")
 	nonce := r.nonces.Make()
 	for _, alg := range r.cfg.Algorithms {
-		res.AppendHeader(sip.NewHeader("WWW-Authenticate", digest.Challenge(realm, nonce, alg, stale)))
+		res.add("WWW-Authenticate", digest.Challenge(realm, nonce, alg, stale))
 	}
 	return res
 }
@@ -212,21 +212,21 @@ func headers(req *sip.Request, name string) []sip.Header {
 }
 
 // parse checks the REGISTER's headers; a non-nil response is the answer to a bad one.
-func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
+func (r *Registrar) parse(req *sip.Request) (request, *answer) {
 	var rq request
 	to, from, callID, cseq := req.To(), req.From(), req.CallID(), req.CSeq()
 	if to == nil || from == nil || callID == nil || cseq == nil || string(*callID) == "" {
-		return rq, r.reply(req, 400, "Missing Mandatory Header")
+		return rq, r.reply(400, "Missing Mandatory Header")
 	}
 	if cseq.MethodName != sip.REGISTER {
-		return rq, r.reply(req, 400, "CSeq Method Mismatch")
+		return rq, r.reply(400, "CSeq Method Mismatch")
 	}
 	scheme := strings.ToLower(to.Address.Scheme)
 	if (scheme != "sip" && scheme != "sips") || to.Address.User == "" || to.Address.Host == "" {
-		return rq, r.reply(req, 400, "Bad To URI")
+		return rq, r.reply(400, "Bad To URI")
 	}
 	if len(to.Address.User) > 64 || strings.ContainsAny(to.Address.User, ":@\"\\ \t") {
-		return rq, r.reply(req, 400, "Bad To URI")
+		return rq, r.reply(400, "Bad To URI")
 	}
 	rq.user = to.Address.User
 	rq.host = strings.ToLower(to.Address.Host)
@@ -245,18 +245,18 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 	if h := header(req, "expires"); h != nil {
 		v, ok := parseExpires(h.Value())
 		if !ok {
-			return rq, r.reply(req, 400, "Bad Expires")
+			return rq, r.reply(400, "Bad Expires")
 		}
 		headerExpires = v
 	}
 	hs := headers(req, "contact")
 	if len(hs) > 64 {
-		return rq, r.reply(req, 400, "Too Many Contact Headers")
+		return rq, r.reply(400, "Too Many Contact Headers")
 	}
 	for _, h := range hs {
 		ch, ok := h.(*sip.ContactHeader)
 		if !ok {
-			return rq, r.reply(req, 400, "Bad Contact")
+			return rq, r.reply(400, "Bad Contact")
 		}
 		if ch.Address.Wildcard {
 			rq.wildcard = true
@@ -264,18 +264,18 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 		}
 		cs := strings.ToLower(ch.Address.Scheme)
 		if (cs != "sip" && cs != "sips") || ch.Address.Host == "" {
-			return rq, r.reply(req, 400, "Bad Contact")
+			return rq, r.reply(400, "Bad Contact")
 		}
 		c := contact{uri: uriString(&ch.Address), host: ch.Address.Host, port: ch.Address.Port}
 		// Answers write the stored URI back between < and >: nothing in it may end that.
 		if len(c.uri) > 512 || strings.ContainsAny(c.uri, "<>\"\r\n \t") {
-			return rq, r.reply(req, 400, "Bad Contact")
+			return rq, r.reply(400, "Bad Contact")
 		}
 		switch v, has := ch.Params.Get("expires"); {
 		case has:
 			e, ok := parseExpires(v)
 			if !ok {
-				return rq, r.reply(req, 400, "Bad Contact Expires")
+				return rq, r.reply(400, "Bad Contact Expires")
 			}
 			c.expires = e
 		case headerExpires >= 0:
@@ -286,7 +286,7 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 		if v, has := ch.Params.Get("+sip.instance"); has {
 			c.instance = strings.Trim(v, `"`)
 			if len(c.instance) > 128 {
-				return rq, r.reply(req, 400, "Bad Contact")
+				return rq, r.reply(400, "Bad Contact")
 			}
 		}
 		c.q, _ = ch.Params.Get("q")
@@ -294,7 +294,7 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 	}
 	// RFC 3261 §10.3 step 6: "*" only alone and only with Expires: 0.
 	if rq.wildcard && (len(rq.contacts) > 0 || headerExpires != 0) {
-		return rq, r.reply(req, 400, "Invalid Wildcard Contact")
+		return rq, r.reply(400, "Invalid Wildcard Contact")
 	}
 	rq.expires = r.cfg.DefaultExpires
 	if headerExpires >= 0 {
@@ -302,9 +302,7 @@ func (r *Registrar) parse(req *sip.Request) (request, *sip.Response) {
 	}
 	for _, c := range rq.contacts {
 		if c.expires > 0 && c.expires < r.cfg.MinExpires {
-			res := r.reply(req, 423, "Interval Too Brief")
-			res.AppendHeader(sip.NewHeader("Min-Expires", strconv.Itoa(r.cfg.MinExpires)))
-			return rq, res
+			return rq, r.reply(423, "Interval Too Brief").add("Min-Expires", strconv.Itoa(r.cfg.MinExpires))
 		}
 	}
 	if len(rq.contacts) > 0 {

@@ -1,6 +1,7 @@
 package registrar
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -31,6 +32,40 @@ var passwordHook = hookFunc(func(r authhook.Request) (authhook.Verdict, error) {
 	}
 	return authhook.Verdict{Msg: "nope"}, nil
 })
+
+// handle runs Handle and reads its answer back with sipgo's parser (nil: none written).
+func handle(t testing.TB, r *Registrar, req *sip.Request, src Source) *sip.Response {
+	t.Helper()
+	var w bytes.Buffer
+	code := r.Handle(context.Background(), req, src, &w)
+	if code == 0 {
+		if w.Len() != 0 {
+			t.Fatalf("Handle returned 0 but wrote %q", w.String())
+		}
+		return nil
+	}
+	res := parseAnswer(t, w.Bytes())
+	if res.StatusCode != code {
+		t.Fatalf("Handle returned %d but wrote %d", code, res.StatusCode)
+	}
+	return res
+}
+
+func parseAnswer(t testing.TB, b []byte) *sip.Response {
+	t.Helper()
+	m, err := sip.NewParser().ParseSIP(b)
+	if err != nil {
+		t.Fatalf("the answer does not parse: %v\n%s", err, b)
+	}
+	res, ok := m.(*sip.Response)
+	if !ok {
+		t.Fatalf("the answer is not a response:\n%s", b)
+	}
+	if !bytes.HasSuffix(b, []byte("\r\n\r\n")) || len(res.Body()) != 0 {
+		t.Fatalf("the answer does not end at its empty body:\n%q", b)
+	}
+	return res
+}
 
 var t0 = time.Unix(1_900_000_000, 0)
 
@@ -121,7 +156,7 @@ func TestRegisterAnswers(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			res := r.Handle(context.Background(), msg(t, c.raw, c.auth), src)
+			res := handle(t, r, msg(t, c.raw, c.auth), src)
 			if res == nil || res.StatusCode != c.status {
 				t.Fatalf("got %v, want %d", res, c.status)
 			}
@@ -134,10 +169,10 @@ func TestReplayNeverReachesTheHook(t *testing.T) {
 	hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
 	r, store, n := newTestRegistrar(hook, nil)
 	auth := goodAuth(n, "201", "pbx", "MD5", "pw", 1)
-	if res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@127.0.0.1:5070>"), auth), src); res.StatusCode != 200 {
+	if res := handle(t, r, msg(t, reg("Contact: <sip:201@127.0.0.1:5070>"), auth), src); res.StatusCode != 200 {
 		t.Fatalf("first: %d", res.StatusCode)
 	}
-	res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@203.0.113.66:5060>"), auth), src)
+	res := handle(t, r, msg(t, reg("Contact: <sip:201@203.0.113.66:5060>"), auth), src)
 	if res.StatusCode != 401 || calls != 1 {
 		t.Fatalf("replay: %d after %d hook calls", res.StatusCode, calls)
 	}
@@ -150,7 +185,7 @@ func TestReplayNeverReachesTheHook(t *testing.T) {
 func TestStaleNonce(t *testing.T) {
 	r, _, _ := newTestRegistrar(passwordHook, nil)
 	old := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0.Add(-time.Hour) })
-	res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(old, "201", "pbx", "MD5", "pw", 1)), src)
+	res := handle(t, r, msg(t, reg("Contact: <sip:201@h>"), goodAuth(old, "201", "pbx", "MD5", "pw", 1)), src)
 	if res.StatusCode != 401 || !strings.Contains(res.GetHeader("WWW-Authenticate").Value(), "stale=true") {
 		t.Fatalf("stale: %v", res)
 	}
@@ -160,7 +195,7 @@ func TestGuard(t *testing.T) {
 	t.Run("scanners are dropped silently", func(t *testing.T) {
 		r, _, _ := newTestRegistrar(passwordHook, &Guard{})
 		for _, ua := range []string{"friendly-scanner", "sipvicious 0.3", "SIPCLI/v1.8"} {
-			if res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>\nUser-Agent: "+ua), ""), src); res != nil {
+			if res := handle(t, r, msg(t, reg("Contact: <sip:201@h>\nUser-Agent: "+ua), ""), src); res != nil {
 				t.Errorf("%s answered %d", ua, res.StatusCode)
 			}
 		}
@@ -169,7 +204,7 @@ func TestGuard(t *testing.T) {
 		r, _, _ := newTestRegistrar(passwordHook, &Guard{Rate: 1, Burst: 5})
 		answered := 0
 		for range 50 {
-			if r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), ""), src) != nil {
+			if handle(t, r, msg(t, reg("Contact: <sip:201@h>"), ""), src) != nil {
 				answered++
 			}
 		}
@@ -177,7 +212,7 @@ func TestGuard(t *testing.T) {
 			t.Fatalf("answered %d of 50 at burst 5", answered)
 		}
 		other := Source{IP: "127.0.0.2", Port: 5070, Transport: "tcp"}
-		if r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), ""), other) == nil {
+		if handle(t, r, msg(t, reg("Contact: <sip:201@h>"), ""), other) == nil {
 			t.Fatal("an honest second address was cut off too")
 		}
 	})
@@ -186,13 +221,13 @@ func TestGuard(t *testing.T) {
 		hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
 		r, _, n := newTestRegistrar(hook, &Guard{MaxFailures: 3, Rate: 1000, Burst: 1000})
 		for i := range 3 {
-			res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "guess", 1)), src)
+			res := handle(t, r, msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "guess", 1)), src)
 			if res == nil || res.StatusCode != 403 {
 				t.Fatalf("guess %d: %v", i, res)
 			}
 		}
 		// Banned: even the right password gets no answer, and the hook is not called.
-		if res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "pw", 1)), src); res != nil {
+		if res := handle(t, r, msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "pw", 1)), src); res != nil {
 			t.Fatalf("banned source answered %d", res.StatusCode)
 		}
 		if calls != 3 {
@@ -205,7 +240,7 @@ func TestHookUnavailableStoresNothing(t *testing.T) {
 	r, store, n := newTestRegistrar(hookFunc(func(authhook.Request) (authhook.Verdict, error) {
 		return authhook.Verdict{}, authhook.ErrUnavailable
 	}), nil)
-	res := r.Handle(context.Background(), msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "pw", 1)), src)
+	res := handle(t, r, msg(t, reg("Contact: <sip:201@h>"), goodAuth(n, "201", "pbx", "MD5", "pw", 1)), src)
 	if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
 		t.Fatalf("%v", res)
 	}
@@ -242,7 +277,20 @@ func FuzzRegister(f *testing.F) {
 		if to := req.To(); to != nil && to.Address.User != "" && to.Address.Host != "" {
 			req.AppendHeader(sip.NewHeader("Authorization", goodAuth(n, to.Address.User, strings.ToLower(to.Address.Host), "MD5", "pw", 1)))
 		}
-		r.Handle(context.Background(), req, src)
+		var w bytes.Buffer
+		code := r.Handle(context.Background(), req, src, &w)
+		_, reparse := sip.NewParser().ParseSIP([]byte(req.String()))
+		if code != 0 && reparse == nil {
+			// The answer copies headers as sipgo prints them, which it does not always
+			// read back (From: <sip:0:>); when it reads back the request, it reads back
+			// the answer whole.
+			res := parseAnswer(t, w.Bytes())
+			if res.StatusCode != code {
+				t.Fatalf("wrote %d, returned %d", res.StatusCode, code)
+			}
+		} else if code == 0 && w.Len() != 0 {
+			t.Fatalf("returned 0 but wrote %q", w.String())
+		}
 		aors, _ := store.AORs(context.Background(), t0)
 		for _, aor := range aors {
 			bs, _ := store.Lookup(context.Background(), aor, t0)

@@ -14,6 +14,8 @@ package sipserver
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,8 +28,9 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// Handler answers a request; nil means send nothing.
-type Handler func(req *sip.Request) *sip.Response
+// Handler writes its answer to req into w, a whole SIP message, and returns its status code;
+// 0 means it wrote nothing and nothing is sent.
+type Handler func(req *sip.Request, w *bytes.Buffer) int
 
 // Options configure a Server.
 type Options struct {
@@ -203,19 +206,18 @@ var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // udpRequest handles a new request and sends (and remembers) its answer.
 func (s *Server) udpRequest(pc *net.UDPConn, req *sip.Request, from netip.AddrPort, key string) {
-	res := s.handler(req)
-	if res == nil {
+	out := buffers.Get().(*bytes.Buffer)
+	defer buffers.Put(out)
+	out.Reset()
+	code := s.handler(req, out)
+	if code == 0 {
 		if key != "" {
 			s.tx.finish(key, nil, s.now())
 		}
 		return
 	}
-	out := buffers.Get().(*bytes.Buffer)
-	defer buffers.Put(out)
-	out.Reset()
-	res.StringWrite(out)
 	if out.Len() > maxDatagram {
-		s.log.Warn("answer larger than a datagram, not sent", "status", res.StatusCode, "bytes", out.Len())
+		s.log.Warn("answer larger than a datagram, not sent", "status", code, "bytes", out.Len())
 		if key != "" {
 			s.tx.abandon(key)
 		}
@@ -224,7 +226,7 @@ func (s *Server) udpRequest(pc *net.UDPConn, req *sip.Request, from netip.AddrPo
 	// Remembered before it is sent: a retransmission that crosses the answer on the wire
 	// then gets it again instead of being absorbed.
 	if key != "" {
-		if remember(res.StatusCode) {
+		if remember(code) {
 			s.tx.finish(key, out.Bytes(), s.now())
 		} else {
 			s.tx.abandon(key)
@@ -312,13 +314,32 @@ func (s *Server) onStreamMessage(msg sip.Message) {
 
 func (s *Server) stream(req *sip.Request) {
 	defer s.running.Done()
-	res := s.handler(req)
-	if res == nil {
+	out := buffers.Get().(*bytes.Buffer)
+	defer buffers.Put(out)
+	out.Reset()
+	if s.handler(req, out) == 0 {
 		return
 	}
-	if err := s.tp.WriteMsg(res); err != nil {
+	if err := s.writeStream(req, out.Bytes()); err != nil {
 		s.log.Debug("sending answer", "transport", req.Transport(), "err", err)
 	}
+}
+
+// writeStream sends an answer back on the connection its request came in on (RFC 3261
+// §18.2.2), as sipgo's TransportLayer.WriteMsg does for a Response: its TCP, TLS, WS and
+// WSS connections frame what they are given in Write.
+func (s *Server) writeStream(req *sip.Request, answer []byte) error {
+	conn, err := s.tp.GetConnection(req.Transport(), req.Source())
+	if err != nil {
+		return err
+	}
+	defer conn.TryClose()
+	w, ok := conn.(io.Writer)
+	if !ok {
+		return fmt.Errorf("%s connection %T cannot write", req.Transport(), conn)
+	}
+	_, err = w.Write(answer)
+	return err
 }
 
 // Wait returns when no handler is running (after the listeners are closed).

@@ -1,6 +1,7 @@
 package sipserver
 
 import (
+	"bytes"
 	"net"
 	"strconv"
 	"strings"
@@ -84,13 +85,16 @@ func register(p *phone, branch, viaParams string) string {
 // counted wraps h with a count of its calls.
 func counted(h Handler) (Handler, *atomic.Int32) {
 	n := new(atomic.Int32)
-	return func(req *sip.Request) *sip.Response { n.Add(1); return h(req) }, n
+	return func(req *sip.Request, w *bytes.Buffer) int { n.Add(1); return h(req, w) }, n
 }
 
-func silent(*sip.Request) *sip.Response { return nil }
+func silent(*sip.Request, *bytes.Buffer) int { return 0 }
 
 func answer(code int) Handler {
-	return func(req *sip.Request) *sip.Response { return sip.NewResponseFromRequest(req, code, "X", nil) }
+	return func(req *sip.Request, w *bytes.Buffer) int {
+		sip.NewResponseFromRequest(req, code, "X", nil).StringWrite(w)
+		return code
+	}
 }
 
 func TestUDPTransactions(t *testing.T) {
@@ -117,10 +121,10 @@ func TestUDPTransactions(t *testing.T) {
 	t.Run("a retransmission while the handler runs is absorbed", func(t *testing.T) {
 		var calls atomic.Int32
 		release := make(chan struct{})
-		_, addr := udpServer(t, func(req *sip.Request) *sip.Response {
+		_, addr := udpServer(t, func(req *sip.Request, w *bytes.Buffer) int {
 			calls.Add(1)
 			<-release
-			return answer(200)(req)
+			return answer(200)(req, w)
 		})
 		p := newPhone(t)
 		msg := register(p, "z9hG4bK-slow", ";rport")
@@ -247,9 +251,9 @@ func TestUDPTransactions(t *testing.T) {
 
 func TestUDPOverloadDropsNewRequests(t *testing.T) {
 	release := make(chan struct{})
-	h, calls := counted(func(req *sip.Request) *sip.Response {
+	h, calls := counted(func(req *sip.Request, w *bytes.Buffer) int {
 		<-release
-		return answer(200)(req)
+		return answer(200)(req, w)
 	})
 	var overloads atomic.Int32
 	s := New(Options{Handler: h, Workers: 1, OnRetransmission: func(kind string) {

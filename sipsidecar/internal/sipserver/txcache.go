@@ -14,14 +14,18 @@ import (
 // It is built for tens of thousands of transactions a second without weighing on the
 // garbage collector: completed transactions live in a few generations, each an append-only
 // byte arena (key and response bytes) indexed by a map of integers, so the collector has
-// nothing to scan, and a whole generation is dropped at once when it ages out. A memory cap
+// nothing to scan, and a whole generation is dropped at once when it ages out. An arena is
+// a list of chunks of up to 1 MiB: it grows by adding one, never by copying what it holds
+// (a single growing slice moved tens of megabytes at every growth: 5% of the sidecar's CPU
+// at 19,500 REGISTERs/s while the generations filled). A memory cap
 // drops the oldest generation early; a retransmission that comes after that is handled
 // again as a new request (the registrar treats a repeated Call-ID and CSeq as a
 // retransmission).
 type txCache struct {
 	seed   maphash.Seed
 	span   time.Duration // what one generation covers
-	maxMem int           // arena bytes at most, over all generations
+	maxMem int           // arena bytes in use at most, over all generations (each may hold up to a chunk more unused)
+	chunk  int           // arena chunk size
 
 	mu       sync.Mutex
 	gens     []*generation // newest first
@@ -30,16 +34,24 @@ type txCache struct {
 }
 
 type generation struct {
-	start time.Time
-	index map[uint64]span
-	arena []byte
+	start  time.Time
+	index  map[uint64]span
+	chunks [][]byte // the arena; new entries go into the last one
+	used   int      // bytes in chunks
 }
 
 // span locates one entry in its generation's arena: the key, then the response.
 type span struct {
+	chunk     uint32
 	off       uint32
 	keyLen    uint32
 	answerLen uint32
+}
+
+// entry is the bytes s locates.
+func (g *generation) entry(s span) (key, answer []byte) {
+	b := g.chunks[s.chunk][s.off:]
+	return b[:s.keyLen], b[s.keyLen : s.keyLen+s.answerLen]
 }
 
 const (
@@ -49,6 +61,7 @@ const (
 	// (a few seconds of the highest rate this sidecar sustains), far more than any
 	// realistic load keeps within 32 s.
 	defaultMaxMem = 128 << 20
+	maxChunk      = 1 << 20
 )
 
 func newTxCache(maxMem int) *txCache {
@@ -59,6 +72,7 @@ func newTxCache(maxMem int) *txCache {
 		seed:     maphash.MakeSeed(),
 		span:     timerJ / (generations - 1),
 		maxMem:   maxMem,
+		chunk:    min(maxChunk, maxMem),
 		inflight: map[string]struct{}{},
 	}
 }
@@ -83,12 +97,13 @@ func (c *txCache) begin(key string, now time.Time) (verdict, []byte) {
 	}
 	c.ageLocked(now)
 	for _, g := range c.gens {
-		if s, ok := g.index[h]; ok && string(g.arena[s.off:s.off+s.keyLen]) == key {
-			if s.answerLen == 0 {
-				return absorbed, nil // handled, nothing was sent (a dropped flood)
+		if s, ok := g.index[h]; ok {
+			if k, a := g.entry(s); string(k) == key {
+				if len(a) == 0 {
+					return absorbed, nil // handled, nothing was sent (a dropped flood)
+				}
+				return repeat, append([]byte(nil), a...)
 			}
-			a := g.arena[s.off+s.keyLen : s.off+s.keyLen+s.answerLen]
-			return repeat, append([]byte(nil), a...)
 		}
 	}
 	c.inflight[key] = struct{}{}
@@ -111,13 +126,16 @@ func (c *txCache) finish(key string, answer []byte, now time.Time) {
 		return // one generation already holds the cap: remember nothing more for now
 	}
 	g := c.gens[0]
-	off := len(g.arena)
-	if off+need > 1<<32-1 {
-		return
+	if n := len(g.chunks); n == 0 || len(g.chunks[n-1])+need > cap(g.chunks[n-1]) {
+		g.chunks = append(g.chunks, make([]byte, 0, max(c.chunk, need)))
 	}
-	g.arena = append(g.arena, key...)
-	g.arena = append(g.arena, answer...)
-	g.index[h] = span{off: uint32(off), keyLen: uint32(len(key)), answerLen: uint32(len(answer))}
+	last := len(g.chunks) - 1
+	b := g.chunks[last]
+	off := len(b)
+	b = append(b, key...)
+	g.chunks[last] = append(b, answer...)
+	g.index[h] = span{chunk: uint32(last), off: uint32(off), keyLen: uint32(len(key)), answerLen: uint32(len(answer))}
+	g.used += need
 	c.mem += need
 }
 
@@ -133,12 +151,10 @@ func (c *txCache) abandon(key string) {
 // ended more than Timer J ago.
 func (c *txCache) ageLocked(now time.Time) {
 	if len(c.gens) == 0 || now.Sub(c.gens[0].start) >= c.span {
-		// Sized like the last one: a steady load then never regrows (and copies) an arena.
+		// The index is sized like the last one's: a steady load then never regrows it.
 		g := &generation{start: now, index: map[uint64]span{}}
 		if len(c.gens) > 0 {
-			last := c.gens[0]
-			g.index = make(map[uint64]span, len(last.index))
-			g.arena = make([]byte, 0, min(len(last.arena)+len(last.arena)/8, c.maxMem))
+			g.index = make(map[uint64]span, len(c.gens[0].index))
 		}
 		c.gens = append([]*generation{g}, c.gens...)
 	}
@@ -151,7 +167,7 @@ func (c *txCache) ageLocked(now time.Time) {
 
 func (c *txCache) dropOldestLocked() {
 	old := c.gens[len(c.gens)-1]
-	c.mem -= len(old.arena)
+	c.mem -= old.used
 	c.gens = c.gens[:len(c.gens)-1]
 }
 

@@ -96,6 +96,33 @@ func TestTxCache(t *testing.T) {
 		}
 	})
 
+	t.Run("entries spread over many chunks are all found whole", func(t *testing.T) {
+		c := newTxCache(0)
+		c.chunk = 100 // a few entries per chunk, and one entry larger than a chunk
+		want := map[string][]byte{}
+		for i := range 200 {
+			k := "key-" + strings.Repeat("k", i%7) + string(rune('a'+i%26)) + strings.Repeat("z", i/26)
+			a := bytes.Repeat([]byte{byte('A' + i%26)}, 1+i%40)
+			if i == 77 {
+				a = bytes.Repeat([]byte("big"), 100)
+			}
+			c.begin(k, t0)
+			c.finish(k, a, t0)
+			want[k] = a
+		}
+		if len(c.gens) != 1 || len(c.gens[0].chunks) < 20 {
+			t.Fatalf("%d generations, %d chunks: the test meant one generation of many chunks", len(c.gens), len(c.gens[0].chunks))
+		}
+		for k, a := range want {
+			if v, got := c.begin(k, t0); v != repeat || !bytes.Equal(got, a) {
+				t.Fatalf("%s: %v %q, want repeat of %q", k, v, got, a)
+			}
+		}
+		if _, _, mem := c.stats(); mem != c.gens[0].used {
+			t.Fatalf("stats say %d bytes, the generation uses %d", mem, c.gens[0].used)
+		}
+	})
+
 	t.Run("keys that collide in the hash are told apart by their bytes", func(t *testing.T) {
 		c := newTxCache(0)
 		c.begin("a", t0)
