@@ -108,7 +108,8 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 	var creds sipdigest.Credentials
 	var err error
 	found := false
-	for _, h := range headers(req, "authorization") {
+	var buf [4]sip.Header
+	for _, h := range headers(req, "authorization", buf[:0]) {
 		c, perr := sipdigest.Parse(h.Value())
 		if perr == nil && c.Realm == realm {
 			creds, err, found = c, nil, true
@@ -188,7 +189,8 @@ func (r *Registrar) authFailed(ctx context.Context, aor string, src Source, reas
 	r.guard.failed(ctx, src, r.now())
 }
 
-// header is req's first header called name, in any case; headers is all of them. sipgo's
+// header is req's first header called name, in any case; headers appends all of them to out
+// (a caller's array on its stack holds the usual one or two). sipgo's
 // GetHeader lower-cases the name of every header it passes, allocating for each one outside
 // its short list of common names (Authorization, User-Agent, Expires…): several allocations
 // per lookup. These compare in place.
@@ -201,8 +203,7 @@ func header(req *sip.Request, name string) sip.Header {
 	return nil
 }
 
-func headers(req *sip.Request, name string) []sip.Header {
-	var out []sip.Header
+func headers(req *sip.Request, name string, out []sip.Header) []sip.Header {
 	for _, h := range req.Headers() {
 		if strings.EqualFold(h.Name(), name) {
 			out = append(out, h)
@@ -249,7 +250,8 @@ func (r *Registrar) parse(req *sip.Request) (request, *answer) {
 		}
 		headerExpires = v
 	}
-	hs := headers(req, "contact")
+	var buf [4]sip.Header
+	hs := headers(req, "contact", buf[:0])
 	if len(hs) > 64 {
 		return rq, r.reply(400, "Too Many Contact Headers")
 	}
@@ -329,11 +331,6 @@ func parseExpires(s string) (int, bool) {
 	return int(v), true
 }
 
-func uriString(u *sip.Uri) string {
-	var b strings.Builder
-	u.StringWrite(&b)
-	return b.String()
-}
 
 // headerSafe makes a hook message fit a header: printable ASCII, short.
 func headerSafe(s string) string {

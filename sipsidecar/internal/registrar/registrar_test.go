@@ -325,10 +325,10 @@ func TestHeaderLookupIgnoresCase(t *testing.T) {
 	if h := header(req, "User-Agent"); h == nil || h.Value() != "phone" {
 		t.Fatalf("user-agent: %v", h)
 	}
-	if hs := headers(req, "authorization"); len(hs) != 2 || hs[0].Value() != "Digest a" || hs[1].Value() != "Digest b" {
+	if hs := headers(req, "authorization", nil); len(hs) != 2 || hs[0].Value() != "Digest a" || hs[1].Value() != "Digest b" {
 		t.Fatalf("authorization: %v", hs)
 	}
-	if header(req, "retry-after") != nil || headers(req, "retry-after") != nil {
+	if header(req, "retry-after") != nil || headers(req, "retry-after", nil) != nil {
 		t.Fatal("found a header that is not there")
 	}
 }
