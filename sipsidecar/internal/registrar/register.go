@@ -331,7 +331,6 @@ func parseExpires(s string) (int, bool) {
 	return int(v), true
 }
 
-
 // headerSafe makes a hook message fit a header: printable ASCII, short.
 func headerSafe(s string) string {
 	s = strings.Map(func(r rune) rune {
