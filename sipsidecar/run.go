@@ -111,11 +111,18 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	})
 	wg.Go(func() { reg.RunExpiry(bg, time.Second) })
 
+	// With everything in memory, only a REGISTER with credentials waits (for the hook): the
+	// reader that parsed any other request answers it as well.
+	var inline func(*sip.Request) bool
+	if cfg.RedisURL == "" {
+		inline = func(req *sip.Request) bool { return !registrar.AsksHook(req) }
+	}
 	srv := sipserver.New(sipserver.Options{
 		Handler:          func(req *sip.Request, w *bytes.Buffer) int { return reg.Handle(ctx, req, source(req), w) },
 		Workers:          cfg.Workers,
 		Logger:           log.With("component", "sip"),
 		OnRetransmission: m.Retransmission,
+		Inline:           inline,
 	})
 	defer srv.Close()
 

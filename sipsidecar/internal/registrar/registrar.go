@@ -178,6 +178,12 @@ func (r *Registrar) handle(ctx context.Context, req *sip.Request, src Source) *a
 	return r.reply(405, "Method Not Allowed")
 }
 
+// AsksHook says whether Handle may call the hook for req: a REGISTER with credentials.
+// Everything else is answered from the guard, the nonces and the store alone.
+func AsksHook(req *sip.Request) bool {
+	return req.Method == sip.REGISTER && header(req, "authorization") != nil
+}
+
 // routable says whether an answer to req can be written and routed: it has a Via, and every
 // Via names its protocol, version, transport and host (RFC 3261 §18.2.2 sends the answer by
 // them). sipgo's parser lets empty ones through.

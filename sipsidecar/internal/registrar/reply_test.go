@@ -187,3 +187,19 @@ func TestUnroutableAndOtherVersions(t *testing.T) {
 		}
 	}
 }
+
+func TestAsksHook(t *testing.T) {
+	for _, c := range []struct {
+		raw, auth string
+		want      bool
+	}{
+		{reg("Contact: <sip:201@h>"), "", false},
+		{reg("Contact: <sip:201@h>"), `Digest username="201"`, true},
+		{strings.Replace(reg("Contact: <sip:201@h>"), "{AUTH}", `AUTHORIZATION: Digest username="201"`, 1), "", true},
+		{"OPTIONS sip:pbx SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK-2\nFrom: <sip:a@h>;tag=1\nTo: <sip:b@h>\nCall-ID: x\nCSeq: 1 OPTIONS\n{AUTH}\nContent-Length: 0\n\n", `Digest username="201"`, false},
+	} {
+		if got := AsksHook(msg(t, c.raw, c.auth)); got != c.want {
+			t.Errorf("AsksHook(%q with %q) = %v, want %v", c.raw[:8], c.auth, got, c.want)
+		}
+	}
+}

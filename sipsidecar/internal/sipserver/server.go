@@ -48,6 +48,10 @@ type Options struct {
 	// Workers are busy). May be nil.
 	OnRetransmission func(kind string)
 	Now              func() time.Time
+	// Inline, when set and true for a new UDP request, has the reader that parsed it handle
+	// it too, sparing a hand-off to a worker: for requests whose handling never waits (a
+	// challenge from an in-memory store). May be nil.
+	Inline func(req *sip.Request) bool
 }
 
 // Server serves SIP over UDP, TCP and WebSocket.
@@ -56,6 +60,7 @@ type Server struct {
 	workers int
 	log     *slog.Logger
 	onRetx  func(string)
+	inline  func(*sip.Request) bool
 	now     func() time.Time
 	parser  *sip.Parser
 	tx      *txCache
@@ -80,7 +85,7 @@ func New(o Options) *Server {
 		o.Now = time.Now
 	}
 	s := &Server{
-		handler: o.Handler, workers: o.Workers, log: o.Logger, onRetx: o.OnRetransmission, now: o.Now,
+		handler: o.Handler, workers: o.Workers, log: o.Logger, onRetx: o.OnRetransmission, inline: o.Inline, now: o.Now,
 		parser: sip.NewParser(), tx: newTxCache(o.CacheBytes), streams: make(chan struct{}, o.Workers),
 	}
 	s.tp = sip.NewTransportLayer(net.DefaultResolver, sip.NewParser(), nil, sip.WithTransportLayerLogger(o.Logger))
@@ -89,11 +94,11 @@ func New(o Options) *Server {
 }
 
 // ServeUDP reads requests from pc until it is closed: a few readers parse datagrams and
-// answer retransmissions, and hand each new request to one of Workers workers, with as many
-// again waiting. Beyond that a request is dropped (the phone retransmits), so a flood cannot
-// pile up work, and
-// readers never wait for the store or the hook, so the socket is drained while requests
-// wait for their verdicts.
+// answer retransmissions, answer the new requests Inline picks themselves, and hand every
+// other new request to one of Workers workers, with as many again waiting. Beyond that a
+// request is dropped (the phone retransmits), so a flood cannot pile up work, and readers
+// never wait for the store or the hook, so the socket is drained while requests wait for
+// their verdicts.
 func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	// A burst of answers from a batch of verdicts brings a burst of requests back: room
 	// for a few thousand datagrams (the kernel caps it at net.core.rmem_max).
@@ -191,6 +196,11 @@ func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip n
 		}
 	}
 	s.running.Add(1)
+	if s.inline != nil && s.inline(req) {
+		s.udpRequest(pc, req, from, key)
+		s.running.Done()
+		return
+	}
 	select {
 	case jobs <- udpJob{req: req, from: from, key: key}:
 	default:

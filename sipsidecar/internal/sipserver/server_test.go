@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -126,6 +127,8 @@ func TestUDPTransactions(t *testing.T) {
 			<-release
 			return answer(200)(req, w)
 		})
+		var unblock sync.Once // runs before udpServer's cleanup, which waits for the handler
+		t.Cleanup(func() { unblock.Do(func() { close(release) }) })
 		p := newPhone(t)
 		msg := register(p, "z9hG4bK-slow", ";rport")
 		p.send(addr, msg)
@@ -134,7 +137,7 @@ func TestUDPTransactions(t *testing.T) {
 		if got := p.read(quiet); got != "" {
 			t.Fatalf("answer before the handler finished: %q", got)
 		}
-		close(release)
+		unblock.Do(func() { close(release) })
 		if got := p.read(wait); !strings.HasPrefix(got, "SIP/2.0 200") {
 			t.Fatalf("no answer after release: %q", got)
 		}
@@ -266,7 +269,8 @@ func TestUDPOverloadDropsNewRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	go s.ServeUDP(pc)
-	defer func() { pc.Close(); s.Wait() }()
+	var unblock sync.Once
+	defer func() { unblock.Do(func() { close(release) }); pc.Close(); s.Wait() }() // a failure must not leave the worker waiting
 	addr := pc.LocalAddr().(*net.UDPAddr)
 	p := newPhone(t)
 	// One worker: the first request is being handled, the second waits, the third is dropped.
@@ -280,7 +284,7 @@ func TestUDPOverloadDropsNewRequests(t *testing.T) {
 	if overloads.Load() != 1 || calls.Load() != 1 {
 		t.Fatalf("%d overloads, %d handled: want the third request dropped", overloads.Load(), calls.Load())
 	}
-	close(release)
+	unblock.Do(func() { close(release) })
 	p.read(2 * time.Second)
 	p.read(2 * time.Second)
 	if calls.Load() != 2 {
@@ -290,5 +294,62 @@ func TestUDPOverloadDropsNewRequests(t *testing.T) {
 	p.send(addr, third)
 	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 200") || calls.Load() != 3 {
 		t.Fatalf("retransmission after the overload: %q, %d handled", got, calls.Load())
+	}
+}
+
+// TestUDPInline: a request Inline picks is answered by the reader itself, even while every
+// worker (and the queue behind them) is busy, and its retransmission is still repeated from
+// the cache; the others still go to the workers.
+func TestUDPInline(t *testing.T) {
+	release := make(chan struct{})
+	h, calls := counted(func(req *sip.Request, w *bytes.Buffer) int {
+		if b, _ := req.Via().Params.Get("branch"); strings.Contains(b, "slow") {
+			<-release
+		}
+		return answer(200)(req, w)
+	})
+	var overloads atomic.Int32
+	inline := func(req *sip.Request) bool {
+		b, _ := req.Via().Params.Get("branch")
+		return strings.Contains(b, "inline")
+	}
+	s := New(Options{Handler: h, Workers: 1, Inline: inline, OnRetransmission: func(kind string) {
+		if kind == "overload" {
+			overloads.Add(1)
+		}
+	}})
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.ServeUDP(pc)
+	var unblock sync.Once
+	defer func() { unblock.Do(func() { close(release) }); pc.Close(); s.Wait() }() // a failure must not leave the worker waiting
+	addr := pc.LocalAddr().(*net.UDPAddr)
+	p := newPhone(t)
+	p.send(addr, register(p, "z9hG4bK-slow-1", ";rport")) // takes the worker
+	time.Sleep(50 * time.Millisecond)
+	p.send(addr, register(p, "z9hG4bK-slow-2", ";rport")) // waits in the queue
+	time.Sleep(50 * time.Millisecond)
+	fast := register(p, "z9hG4bK-inline-1", ";rport")
+	p.send(addr, fast)
+	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 200") || !strings.Contains(got, "z9hG4bK-inline-1") {
+		t.Fatalf("inline request while the worker is busy: %q", got)
+	}
+	if overloads.Load() != 0 {
+		t.Fatalf("%d overloads: the inline request went to the full queue", overloads.Load())
+	}
+	p.send(addr, fast)
+	if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-inline-1") || calls.Load() != 2 {
+		t.Fatalf("retransmission of the inline request: %q, %d handled (want it repeated, not handled)", got, calls.Load())
+	}
+	unblock.Do(func() { close(release) })
+	for range 2 {
+		if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-slow-") {
+			t.Fatalf("a queued request was not answered: %q", got)
+		}
+	}
+	if calls.Load() != 3 {
+		t.Fatalf("%d handled, want 3 (two slow, one inline)", calls.Load())
 	}
 }
