@@ -3,6 +3,7 @@ package registrar
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -17,14 +18,14 @@ import (
 // and answers with every binding.
 func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src Source, v authhook.Verdict, now time.Time) *answer {
 	var added, removed []location.Binding
-	natKeys := map[string]bool{}
+	var natKeys []string // few: a REGISTER's contacts
 	name := v.DisplayName
 	if name == "" {
 		name = rq.displayName
 	}
 	retransmission := false
 	result, err := r.store.Update(ctx, rq.aor, now, func(cur []location.Binding) ([]location.Binding, error) {
-		added, removed, retransmission = added[:0], removed[:0], false
+		added, removed, natKeys, retransmission = added[:0], removed[:0], natKeys[:0], false
 		if rq.wildcard {
 			// "*" removes every binding, unless one of this Call-ID is newer (step 6).
 			for _, b := range cur {
@@ -67,7 +68,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 				CallStatusHook: v.CallStatusHook, WebRTC: src.Transport == "ws" || src.Transport == "wss",
 			}
 			if b.NAT {
-				natKeys[b.Key()] = true
+				natKeys = append(natKeys, b.Key())
 			}
 			if i >= 0 {
 				next[i] = b
@@ -140,15 +141,16 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 			return nil
 		}
 	}
-	natKeys := map[string]bool{}
+	var natKeys []string
 	result, err := r.store.Update(ctx, rq.aor, now, func(cur []location.Binding) ([]location.Binding, error) {
+		natKeys = natKeys[:0]
 		for _, c := range rq.contacts {
 			i := indexOf(cur, c.key())
 			if i < 0 || cur[i].CallID != rq.callID || rq.cseq <= cur[i].CSeq {
 				return nil, errOutOfOrder // changed under us: take the authenticated path
 			}
 			cur[i].CSeq, cur[i].UpdatedAt = rq.cseq, now
-			natKeys[cur[i].Key()] = true
+			natKeys = append(natKeys, cur[i].Key())
 		}
 		return cur, nil
 	})
@@ -161,7 +163,7 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 
 // ok is the 200 listing every live binding with its remaining expiry; a NATed contact of
 // this request is told NATExpires so it keeps its pinhole open.
-func (r *Registrar) ok(bindings []location.Binding, natKeys map[string]bool, now time.Time) *answer {
+func (r *Registrar) ok(bindings []location.Binding, natKeys []string, now time.Time) *answer {
 	a := r.reply(200, "OK")
 	a.contacts = make([]boundContact, 0, len(bindings))
 	for _, b := range bindings {
@@ -169,7 +171,7 @@ func (r *Registrar) ok(bindings []location.Binding, natKeys map[string]bool, now
 		if left <= 0 {
 			continue
 		}
-		if natKeys[b.Key()] {
+		if len(natKeys) > 0 && slices.Contains(natKeys, b.Key()) {
 			left = min(left, r.cfg.NATExpires)
 		}
 		// The stored Contact is the URI as sipgo printed it from the REGISTER, so it is
