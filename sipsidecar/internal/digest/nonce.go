@@ -37,7 +37,7 @@ type Nonces struct {
 	secret []byte
 	ttl    time.Duration
 	now    func() time.Time
-	macs   sync.Pool // of keyed hmac hash.Hash
+	macs   sync.Pool // of *keyedMAC
 }
 
 // NewNonces returns a nonce maker; ttl is how long a nonce is fresh (then stale), now may be
@@ -59,16 +59,22 @@ func (n *Nonces) TTL() time.Duration { return n.ttl }
 
 // mac is the first 16 bytes of HMAC-SHA256(secret, body). Keyed HMACs are pooled: a new
 // one hashes the key's pads again and allocates for every nonce made or checked.
-func (n *Nonces) mac(body []byte) []byte {
-	m, _ := n.macs.Get().(hash.Hash)
+func (n *Nonces) mac(out *[16]byte, body []byte) {
+	m, _ := n.macs.Get().(*keyedMAC)
 	if m == nil {
-		m = hmac.New(sha256.New, n.secret)
+		m = &keyedMAC{h: hmac.New(sha256.New, n.secret)}
 	}
-	m.Reset()
-	m.Write(body)
-	out := m.Sum(make([]byte, 0, sha256.Size))[:16]
+	m.h.Reset()
+	m.h.Write(body)
+	copy(out[:], m.h.Sum(m.sum[:0]))
 	n.macs.Put(m)
-	return out
+}
+
+// keyedMAC is a pooled HMAC with room for its sum, which would escape to the heap through
+// the hash.Hash interface if it were on the caller's stack.
+type keyedMAC struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
 }
 
 // Make returns a fresh nonce of token-safe characters.
@@ -78,7 +84,7 @@ func (n *Nonces) Make() string {
 	if _, err := rand.Read(raw[8:20]); err != nil {
 		panic("crypto/rand failed: " + err.Error())
 	}
-	copy(raw[20:], n.mac(raw[:20]))
+	n.mac((*[16]byte)(raw[20:]), raw[:20])
 	return base64.RawURLEncoding.EncodeToString(raw[:])
 }
 
@@ -94,7 +100,9 @@ func (n *Nonces) Check(nonce string) error {
 	if err != nil || len(raw) != nonceRaw {
 		return ErrInvalid
 	}
-	if !hmac.Equal(raw[20:], n.mac(raw[:20])) {
+	var want [16]byte
+	n.mac(&want, raw[:20])
+	if !hmac.Equal(raw[20:], want[:]) {
 		return ErrInvalid
 	}
 	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
@@ -111,53 +119,55 @@ func (n *Nonces) Check(nonce string) error {
 // characters dropped); algorithm is written in its canonical form, and anything that is
 // not a token loses its non-token characters, so no input can add a parameter or a header.
 func Challenge(realm, nonce, algorithm string, stale bool) string {
-	var b strings.Builder
-	b.Grow(len(realm) + len(nonce) + 64)
-	b.WriteString(`Digest realm="`)
-	writeQuoted(&b, realm)
-	b.WriteString(`", nonce="`)
-	writeQuoted(&b, nonce)
-	b.WriteString(`", algorithm=`)
-	writeToken(&b, algorithm)
-	b.WriteString(`, qop="auth"`)
-	if stale {
-		b.WriteString(", stale=true")
-	}
-	return b.String()
+	return string(AppendChallenge(make([]byte, 0, len(realm)+len(nonce)+64), realm, nonce, algorithm, stale))
 }
 
-// writeQuoted writes a quoted-string's content (RFC 3261 §25.1): '"' and '\\' escaped,
+// AppendChallenge appends Challenge's value to b.
+func AppendChallenge(b []byte, realm, nonce, algorithm string, stale bool) []byte {
+	b = append(b, `Digest realm="`...)
+	b = appendQuoted(b, realm)
+	b = append(b, `", nonce="`...)
+	b = appendQuoted(b, nonce)
+	b = append(b, `", algorithm=`...)
+	b = appendToken(b, algorithm)
+	b = append(b, `, qop="auth"`...)
+	if stale {
+		b = append(b, ", stale=true"...)
+	}
+	return b
+}
+
+// appendQuoted appends a quoted-string's content (RFC 3261 §25.1): '"' and '\\' escaped,
 // control characters (CR and LF above all) dropped.
-func writeQuoted(b *strings.Builder, s string) {
+func appendQuoted(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
 		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-			b.WriteByte(c)
+			b = append(b, '\\', c)
 		case c < 0x20 || c == 0x7f:
 		default:
-			b.WriteByte(c)
+			b = append(b, c)
 		}
 	}
+	return b
 }
 
-// writeToken writes MD5 and SHA-256 canonically and keeps only token characters of
+// appendToken appends MD5 and SHA-256 canonically and keeps only token characters of
 // anything else (RFC 3261 §25.1 token).
-func writeToken(b *strings.Builder, s string) {
+func appendToken(b []byte, s string) []byte {
 	switch {
 	case strings.EqualFold(s, "MD5"):
-		b.WriteString("MD5")
-		return
+		return append(b, "MD5"...)
 	case strings.EqualFold(s, "SHA-256"):
-		b.WriteString("SHA-256")
-		return
+		return append(b, "SHA-256"...)
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-.!%*_+`'~", c) >= 0 {
-			b.WriteByte(c)
+			b = append(b, c)
 		}
 	}
+	return b
 }
 
 // ParseNC reads a nonce count: exactly 8 hex digits (RFC 7616 §3.4).

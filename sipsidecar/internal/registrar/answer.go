@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/digest"
 )
 
 // answer is a response decided but not yet written: its status, and what it adds to the
@@ -16,11 +18,19 @@ type answer struct {
 	code     int
 	reason   string
 	contacts []boundContact // a 200 to REGISTER: one Contact per live binding
+	digest   challenge      // a 401: one WWW-Authenticate per offered algorithm
 	fields   []field        // further headers, in order
 	inline   [2]field       // room for fields without another allocation
 }
 
 type field struct{ name, value string }
+
+// challenge is what a 401's WWW-Authenticate headers offer (digest.AppendChallenge).
+type challenge struct {
+	realm, nonce string
+	algorithms   []string
+	stale        bool
+}
 
 // boundContact is a Contact of a 200 to REGISTER.
 type boundContact struct {
@@ -69,11 +79,11 @@ func (r *Registrar) write(w *bytes.Buffer, req *sip.Request, a *answer) {
 		}
 	}
 	if h := req.From(); h != nil {
-		h.StringWrite(w)
+		writeNameAddr(w, "From", h.DisplayName, &h.Address, h.Params)
 		w.WriteString("\r\n")
 	}
 	if h := req.To(); h != nil {
-		h.StringWrite(w)
+		writeNameAddr(w, "To", h.DisplayName, &h.Address, h.Params)
 		if !h.Params.Has("tag") {
 			w.WriteString(";tag=")
 			writeTag(w)
@@ -106,6 +116,13 @@ func (r *Registrar) write(w *bytes.Buffer, req *sip.Request, a *answer) {
 			w.WriteByte('"')
 		}
 		w.WriteString("\r\n")
+	}
+	if c := &a.digest; len(c.algorithms) > 0 {
+		for _, alg := range c.algorithms {
+			w.WriteString("WWW-Authenticate: ")
+			w.Write(digest.AppendChallenge(w.AvailableBuffer(), c.realm, c.nonce, alg, c.stale))
+			w.WriteString("\r\n")
+		}
 	}
 	for _, f := range a.fields {
 		w.WriteString(f.name)
@@ -163,6 +180,25 @@ func writeVia(w *bytes.Buffer, via *sip.ViaHeader, top bool, source string) {
 		writeParam(w, "received", host)
 	}
 	w.WriteString("\r\n")
+}
+
+// writeNameAddr writes a From or To header as sipgo prints it, with the URI from appendURI
+// (sipgo's printer parses the host as an IP address and allocates an error for every name).
+func writeNameAddr(w *bytes.Buffer, name, display string, uri *sip.Uri, params sip.HeaderParams) {
+	w.WriteString(name)
+	w.WriteString(": ")
+	if display != "" {
+		w.WriteByte('"')
+		w.WriteString(display)
+		w.WriteString(`" `)
+	}
+	w.WriteByte('<')
+	w.Write(appendURI(w.AvailableBuffer(), uri))
+	w.WriteByte('>')
+	if len(params) > 0 {
+		w.WriteByte(';')
+		w.Write(appendParams(w.AvailableBuffer(), params, ';'))
+	}
 }
 
 // writeParam writes k or k=v as sipgo's HeaderParams.ToStringWrite does: quoted when the

@@ -176,10 +176,7 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 // preference (RFC 8760 §2.4), all on one nonce.
 func (r *Registrar) challenge(req *sip.Request, realm string, stale bool) *answer {
 	res := r.reply(401, "Unauthorized")
-	nonce := r.nonces.Make()
-	for _, alg := range r.cfg.Algorithms {
-		res.add("WWW-Authenticate", digest.Challenge(realm, nonce, alg, stale))
-	}
+	res.digest = challenge{realm: realm, nonce: r.nonces.Make(), algorithms: r.cfg.Algorithms, stale: stale}
 	return res
 }
 

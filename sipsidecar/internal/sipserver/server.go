@@ -180,10 +180,11 @@ func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip n
 		return // a registrar sends no requests, and answers nothing it would need an ACK for
 	}
 	from := netip.AddrPortFrom(ip, port)
+	source := from.String()
 	req.SetTransport("UDP")
-	req.SetSource(from.String())
+	req.SetSource(source)
 
-	key := transactionKey(req, from)
+	key := transactionKey(req, source)
 	if key != "" {
 		switch v, answer := s.tx.begin(key, s.now()); v {
 		case absorbed:
@@ -259,7 +260,7 @@ func remember(code int) bool {
 // Via's branch and sent-by, and the method; plus the source address, so a datagram from
 // elsewhere never gets another phone's answer. A branch without the RFC 3261 magic cookie
 // gives "": such a request is handled on its own every time.
-func transactionKey(req *sip.Request, from netip.AddrPort) string {
+func transactionKey(req *sip.Request, source string) string {
 	via := req.Via()
 	if via == nil {
 		return ""
@@ -268,18 +269,17 @@ func transactionKey(req *sip.Request, from netip.AddrPort) string {
 	if !strings.HasPrefix(branch, sip.RFC3261BranchMagicCookie) || len(branch) > 256 {
 		return ""
 	}
-	var b strings.Builder
-	b.Grow(len(req.Method) + len(branch) + len(via.Host) + 32)
-	b.WriteString(string(req.Method))
-	b.WriteByte(' ')
-	b.WriteString(branch)
-	b.WriteByte(' ')
-	b.WriteString(via.Host)
-	b.WriteByte(':')
-	b.WriteString(strconv.Itoa(via.Port))
-	b.WriteByte(' ')
-	b.WriteString(from.String())
-	return b.String()
+	var buf [512]byte // on the stack: only the key itself is allocated
+	b := append(buf[:0], req.Method...)
+	b = append(b, ' ')
+	b = append(b, branch...)
+	b = append(b, ' ')
+	b = append(b, via.Host...)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(via.Port), 10)
+	b = append(b, ' ')
+	b = append(b, source...)
+	return string(b)
 }
 
 // responseAddr is where a UDP answer goes (RFC 3261 §18.2.2 with RFC 3581): the source
