@@ -14,6 +14,7 @@ import (
 	"net/http"
 	neturl "net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -294,6 +295,9 @@ type pending struct {
 	done chan outcome // buffered: the sender never waits for a caller that gave up
 }
 
+// pendings recycles the callbacks that got their verdict (two allocations per REGISTER).
+var pendings = sync.Pool{New: func() any { return &pending{done: make(chan outcome, 1)} }}
+
 type outcome struct {
 	v   Verdict
 	err error
@@ -306,14 +310,21 @@ const batchSenders = 2
 
 // viaBatch queues body for the next batch and waits for its verdict.
 func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
-	p := &pending{body: body, done: make(chan outcome, 1)}
+	p := pendings.Get().(*pending)
+	p.body = body
 	if !c.batches.Add(p) {
+		p.body = nil
+		pendings.Put(p)
 		return Verdict{}, fmt.Errorf("%w: %d callbacks already queued", ErrUnavailable, c.batches.MaxQueued)
 	}
 	select {
 	case o := <-p.done:
+		// The sender sends once, as the last thing it does with p: p is free again.
+		p.body = nil
+		pendings.Put(p)
 		return o.v, o.err
 	case <-ctx.Done():
+		// The sender still has p and will send to it: it is left to the collector.
 		return Verdict{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 	}
 }

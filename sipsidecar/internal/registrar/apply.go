@@ -24,6 +24,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 		name = rq.displayName
 	}
 	retransmission := false
+	source := src.Addr()
 	result, err := r.store.Update(ctx, rq.aor, now, func(cur []location.Binding) ([]location.Binding, error) {
 		added, removed, natKeys, retransmission = added[:0], removed[:0], natKeys[:0], false
 		if rq.wildcard {
@@ -63,7 +64,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 			b := location.Binding{
 				AOR: rq.aor, Contact: c.uri, ExpiresAt: now.Add(time.Duration(granted) * time.Second),
 				Granted: granted, AuthAt: now, UpdatedAt: now, CallID: rq.callID, CSeq: rq.cseq,
-				Source: src.Addr(), Transport: src.Transport, UserAgent: rq.userAgent, InstanceID: c.instance,
+				Source: source, Transport: src.Transport, UserAgent: rq.userAgent, InstanceID: c.instance,
 				Q: c.q, NAT: behindNAT(req, c, src), DisplayName: name, CallHook: v.CallHook,
 				CallStatusHook: v.CallStatusHook, WebRTC: src.Transport == "ws" || src.Transport == "wss",
 			}
@@ -131,13 +132,14 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 	if err != nil || len(existing) == 0 {
 		return nil
 	}
+	source := src.Addr()
 	for _, c := range rq.contacts {
 		i := indexOf(existing, c.key())
 		if i < 0 {
 			return nil
 		}
 		b := existing[i]
-		if !b.NAT || b.Source != src.Addr() || b.Transport != src.Transport || b.CallID != rq.callID || rq.cseq <= b.CSeq {
+		if !b.NAT || b.Source != source || b.Transport != src.Transport || b.CallID != rq.callID || rq.cseq <= b.CSeq {
 			return nil
 		}
 	}
