@@ -2,6 +2,7 @@ package token
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -9,48 +10,72 @@ import (
 // a phone presenting the same access token for every media request pays the signature and
 // JSON work once. Only good tokens enter it (a flood of forgeries cannot fill it); expiry and
 // type are checked on every hit; revocation is never cached (it is the store's, checked after).
+//
+// Reads take no lock: a sync.Map is read with atomic loads only, where the RWMutex this
+// replaced made every core write the same reader count (BenchmarkVerifyParallel: 135 ns
+// a check from two cores at once against 26 ns from one).
 type verifiedCache struct {
-	mu      sync.RWMutex
-	entries map[string]*Claims
+	entries sync.Map // raw token → *Claims
+	n       atomic.Int64
 	max     int
+	evict   sync.Mutex // one eviction at a time
 }
 
 func newVerifiedCache(max int) *verifiedCache {
-	return &verifiedCache{entries: make(map[string]*Claims, 1024), max: max}
+	return &verifiedCache{max: max}
 }
 
 func (c *verifiedCache) get(raw string) *Claims {
 	if c == nil {
 		return nil
 	}
-	c.mu.RLock()
-	cl := c.entries[raw]
-	c.mu.RUnlock()
-	return cl
+	if v, ok := c.entries.Load(raw); ok {
+		return v.(*Claims)
+	}
+	return nil
 }
 
 func (c *verifiedCache) put(raw string, cl *Claims, now time.Time) {
 	if c == nil {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.entries) >= c.max {
-		// Make room: drop the expired, and if that is not enough, an arbitrary half.
-		for k, v := range c.entries {
-			if v.ExpiresAt < now.Unix() {
-				delete(c.entries, k)
-			}
-		}
-		if len(c.entries) >= c.max {
-			n := 0
-			for k := range c.entries {
-				delete(c.entries, k)
-				if n++; n >= c.max/2 {
-					break
-				}
-			}
-		}
+	if c.n.Load() >= int64(c.max) {
+		c.makeRoom(now)
 	}
-	c.entries[raw] = cl
+	if _, loaded := c.entries.Swap(raw, cl); !loaded {
+		c.n.Add(1)
+	}
 }
+
+// makeRoom drops the expired entries, and if that is not enough, an arbitrary half.
+func (c *verifiedCache) makeRoom(now time.Time) {
+	c.evict.Lock()
+	defer c.evict.Unlock()
+	if c.n.Load() < int64(c.max) {
+		return // another put made room meanwhile
+	}
+	c.entries.Range(func(k, v any) bool {
+		if v.(*Claims).ExpiresAt < now.Unix() {
+			c.drop(k)
+		}
+		return true
+	})
+	if c.n.Load() < int64(c.max) {
+		return
+	}
+	dropped := 0
+	c.entries.Range(func(k, _ any) bool {
+		c.drop(k)
+		dropped++
+		return dropped < c.max/2
+	})
+}
+
+func (c *verifiedCache) drop(k any) {
+	if _, ok := c.entries.LoadAndDelete(k); ok {
+		c.n.Add(-1)
+	}
+}
+
+// len is the number of entries (for tests).
+func (c *verifiedCache) len() int { return int(c.n.Load()) }

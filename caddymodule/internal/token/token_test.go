@@ -363,6 +363,22 @@ func BenchmarkVerify(b *testing.B) {
 	}
 }
 
+// BenchmarkVerifyParallel is the cached check from every core at once, as check-media-access
+// and softphone_guard run it.
+func BenchmarkVerifyParallel(b *testing.B) {
+	iss := issuer(b, time.Now())
+	p, _ := iss.IssuePair(Identity{UserID: "1", Username: "201", Role: "user"})
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := iss.Verify(p.Access, Access); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
 // The verified-token cache never outlives a token, never changes its type, and never holds a
 // token that failed.
 func TestVerifiedCache(t *testing.T) {
@@ -388,8 +404,13 @@ func TestVerifiedCache(t *testing.T) {
 	for i := range 10 {
 		small.put(fmt.Sprint(i), &Claims{ExpiresAt: t0.Unix() + 60}, t0)
 	}
-	if len(small.entries) > 4 {
-		t.Fatalf("cache grew to %d, max 4", len(small.entries))
+	if small.len() > 4 {
+		t.Fatalf("cache grew to %d, max 4", small.len())
+	}
+	var count int
+	small.entries.Range(func(any, any) bool { count++; return true })
+	if count != small.len() {
+		t.Fatalf("cache counts %d entries, holds %d", small.len(), count)
 	}
 }
 
