@@ -55,3 +55,24 @@ func TestBenchSmoke(t *testing.T) {
 		t.Log(res)
 	}
 }
+
+// TestSidecarCPUSmoke runs bench/sidecar-cpu.sh (the A/B of sidecar builds) once, briefly,
+// and checks that it measured a registration cost with no failed call.
+func TestSidecarCPUSmoke(t *testing.T) {
+	testenv.Require(t, "sipp", "apt-get install -y sip-tester")
+	bin := filepath.Join(t.TempDir(), "sipsidecar")
+	if out, err := exec.Command("go", "build", "-o", bin, "../sipsidecar").CombinedOutput(); err != nil {
+		t.Fatalf("building the sidecar: %v\n%s", err, out)
+	}
+	out, err := exec.Command("./sidecar-cpu.sh", "-r", "500", "-s", "8", "-n", "1", bin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench/sidecar-cpu.sh: %v\n%s", err, out)
+	}
+	res := string(out)
+	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(bin) + ` [\d.]+ [\d.]+ [\d.]+ 0$`).MatchString(res) {
+		t.Errorf("no run line with zero failed calls:\n%s", res)
+	}
+	if !regexp.MustCompile(regexp.QuoteMeta(bin) + `: mean sidecar [\d.]+% \([1-9][\d.]* µs/registration\)`).MatchString(res) {
+		t.Errorf("no mean cost per registration:\n%s", res)
+	}
+}

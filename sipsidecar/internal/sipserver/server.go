@@ -196,21 +196,34 @@ func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip n
 			return
 		}
 	}
-	s.running.Add(1)
 	if s.inline != nil && s.inline(req) {
+		// Under overload new work is shed first: while half the queue waits, the requests
+		// behind it finish what phones started (credentials after a challenge) instead of
+		// the reader answering more challenges whose answers would only join the queue.
+		if len(jobs) > cap(jobs)/2 {
+			s.shed(key)
+			return
+		}
+		s.running.Add(1)
 		s.udpRequest(pc, req, from, key)
 		s.running.Done()
 		return
 	}
+	s.running.Add(1)
 	select {
 	case jobs <- udpJob{req: req, from: from, key: key}:
 	default:
 		s.running.Done()
-		if key != "" {
-			s.tx.abandon(key)
-		}
-		s.onRetx("overload")
+		s.shed(key)
 	}
+}
+
+// shed drops a new request unanswered (the phone retransmits) and counts it as overload.
+func (s *Server) shed(key string) {
+	if key != "" {
+		s.tx.abandon(key)
+	}
+	s.onRetx("overload")
 }
 
 var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}

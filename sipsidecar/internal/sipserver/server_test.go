@@ -297,9 +297,10 @@ func TestUDPOverloadDropsNewRequests(t *testing.T) {
 	}
 }
 
-// TestUDPInline: a request Inline picks is answered by the reader itself, even while every
-// worker (and the queue behind them) is busy, and its retransmission is still repeated from
-// the cache; the others still go to the workers.
+// TestUDPInline: a request Inline picks is answered by the reader itself while every
+// worker is busy, and its retransmission is still repeated from the cache; the others still
+// go to the workers. Once more than half the queue behind the workers waits, inline requests
+// are shed (the phone retransmits), so that the queued ones finish first.
 func TestUDPInline(t *testing.T) {
 	release := make(chan struct{})
 	h, calls := counted(func(req *sip.Request, w *bytes.Buffer) int {
@@ -313,7 +314,7 @@ func TestUDPInline(t *testing.T) {
 		b, _ := req.Via().Params.Get("branch")
 		return strings.Contains(b, "inline")
 	}
-	s := New(Options{Handler: h, Workers: 1, Inline: inline, OnRetransmission: func(kind string) {
+	s := New(Options{Handler: h, Workers: 2, Inline: inline, OnRetransmission: func(kind string) {
 		if kind == "overload" {
 			overloads.Add(1)
 		}
@@ -324,32 +325,41 @@ func TestUDPInline(t *testing.T) {
 	}
 	go s.ServeUDP(pc)
 	var unblock sync.Once
-	defer func() { unblock.Do(func() { close(release) }); pc.Close(); s.Wait() }() // a failure must not leave the worker waiting
+	defer func() { unblock.Do(func() { close(release) }); pc.Close(); s.Wait() }() // a failure must not leave the workers waiting
 	addr := pc.LocalAddr().(*net.UDPAddr)
 	p := newPhone(t)
-	p.send(addr, register(p, "z9hG4bK-slow-1", ";rport")) // takes the worker
-	time.Sleep(50 * time.Millisecond)
-	p.send(addr, register(p, "z9hG4bK-slow-2", ";rport")) // waits in the queue
+	p.send(addr, register(p, "z9hG4bK-slow-1", ";rport")) // both workers busy, nothing queued
+	p.send(addr, register(p, "z9hG4bK-slow-2", ";rport"))
 	time.Sleep(50 * time.Millisecond)
 	fast := register(p, "z9hG4bK-inline-1", ";rport")
 	p.send(addr, fast)
 	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 200") || !strings.Contains(got, "z9hG4bK-inline-1") {
-		t.Fatalf("inline request while the worker is busy: %q", got)
-	}
-	if overloads.Load() != 0 {
-		t.Fatalf("%d overloads: the inline request went to the full queue", overloads.Load())
+		t.Fatalf("inline request while the workers are busy: %q", got)
 	}
 	p.send(addr, fast)
-	if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-inline-1") || calls.Load() != 2 {
+	if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-inline-1") || calls.Load() != 3 {
 		t.Fatalf("retransmission of the inline request: %q, %d handled (want it repeated, not handled)", got, calls.Load())
 	}
+	p.send(addr, register(p, "z9hG4bK-slow-3", ";rport")) // the queue (2) full
+	p.send(addr, register(p, "z9hG4bK-slow-4", ";rport"))
+	time.Sleep(50 * time.Millisecond)
+	shed := register(p, "z9hG4bK-inline-2", ";rport")
+	p.send(addr, shed)
+	if got := p.read(300 * time.Millisecond); got != "" {
+		t.Fatalf("an inline request was answered while the queue was full: %q", got)
+	}
+	if overloads.Load() != 1 || calls.Load() != 3 {
+		t.Fatalf("%d overloads, %d handled: want the inline request shed", overloads.Load(), calls.Load())
+	}
 	unblock.Do(func() { close(release) })
-	for range 2 {
+	for range 4 {
 		if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-slow-") {
 			t.Fatalf("a queued request was not answered: %q", got)
 		}
 	}
-	if calls.Load() != 3 {
-		t.Fatalf("%d handled, want 3 (two slow, one inline)", calls.Load())
+	// The shed request was forgotten: its retransmission is handled, inline again.
+	p.send(addr, shed)
+	if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-inline-2") || calls.Load() != 6 {
+		t.Fatalf("retransmission of the shed request: %q, %d handled (want 6)", got, calls.Load())
 	}
 }
