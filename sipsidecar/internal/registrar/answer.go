@@ -39,6 +39,7 @@ type boundContact struct {
 	expires  int    // seconds left
 }
 
+// reply starts an answer with its status; add, contacts and digest fill in the rest.
 func (r *Registrar) reply(code int, reason string) *answer {
 	a := &answer{code: code, reason: reason}
 	a.fields = a.inline[:0]
@@ -51,12 +52,12 @@ func (a *answer) add(name, value string) *answer {
 	return a
 }
 
-// write writes a as the answer to req (RFC 3261 §8.2.6): the status line (SIP/2.0, the only
-// version handle answers anything but 505 to); every Via, the
-// top one with the rport and received the phone asked for (RFC 3581 §4); From; To with a
-// tag added when it has none; Call-ID and CSeq; Record-Route on a 2xx to anything but
-// REGISTER (as sipgo's NewResponseFromRequest does); Allow and Server; what a adds; and
-// Content-Length: 0 last. TestWriteMatchesSipgo holds it to sipgo's own rendering.
+// write writes a as the answer to req (RFC 3261 §8.2.6): the status line (in SIP/2.0, the
+// only version handle answers with anything but 505); Record-Route on a 2xx to anything but
+// REGISTER (as sipgo's NewResponseFromRequest does); every Via, the top one with the rport
+// and received the phone asked for (RFC 3581 §4); From; To with a tag added when it has
+// none; Call-ID and CSeq; Allow and Server; what a adds; and Content-Length: 0 last.
+// TestWriteMatchesSipgo holds it to sipgo's own rendering.
 func (r *Registrar) write(w *bytes.Buffer, req *sip.Request, a *answer) {
 	w.WriteString("SIP/2.0 ")
 	w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(a.code), 10))
