@@ -16,7 +16,14 @@ import (
 // udpServer serves h on a loopback UDP port and returns its address.
 func udpServer(t *testing.T, h Handler) (*Server, *net.UDPAddr) {
 	t.Helper()
-	s := New(Options{Handler: h, Workers: 4})
+	return serveUDP(t, Options{Handler: h, Workers: 4})
+}
+
+// serveUDP is udpServer with options. A test whose handler blocks must release it in a
+// cleanup registered after this call (cleanups run last first), or a failure hangs on Wait.
+func serveUDP(t *testing.T, o Options) (*Server, *net.UDPAddr) {
+	t.Helper()
+	s := New(o)
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +97,15 @@ func counted(h Handler) (Handler, *atomic.Int32) {
 }
 
 func silent(*sip.Request, *bytes.Buffer) int { return 0 }
+
+// countOverloads is an OnRetransmission that counts the requests dropped as overload.
+func countOverloads(n *atomic.Int32) func(string) {
+	return func(kind string) {
+		if kind == "overload" {
+			n.Add(1)
+		}
+	}
+}
 
 func answer(code int) Handler {
 	return func(req *sip.Request, w *bytes.Buffer) int {
@@ -258,20 +274,10 @@ func TestUDPOverloadDropsNewRequests(t *testing.T) {
 		<-release
 		return answer(200)(req, w)
 	})
-	var overloads atomic.Int32
-	s := New(Options{Handler: h, Workers: 1, OnRetransmission: func(kind string) {
-		if kind == "overload" {
-			overloads.Add(1)
-		}
-	}})
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.ServeUDP(pc)
+	overloads := new(atomic.Int32)
+	_, addr := serveUDP(t, Options{Handler: h, Workers: 1, OnRetransmission: countOverloads(overloads)})
 	var unblock sync.Once
-	defer func() { unblock.Do(func() { close(release) }); pc.Close(); s.Wait() }() // a failure must not leave the worker waiting
-	addr := pc.LocalAddr().(*net.UDPAddr)
+	t.Cleanup(func() { unblock.Do(func() { close(release) }) })
 	p := newPhone(t)
 	// One worker: the first request is being handled, the second waits, the third is dropped.
 	p.send(addr, register(p, "z9hG4bK-first", ";rport"))
@@ -309,24 +315,14 @@ func TestUDPInline(t *testing.T) {
 		}
 		return answer(200)(req, w)
 	})
-	var overloads atomic.Int32
 	inline := func(req *sip.Request) bool {
 		b, _ := req.Via().Params.Get("branch")
 		return strings.Contains(b, "inline")
 	}
-	s := New(Options{Handler: h, Workers: 2, Inline: inline, OnRetransmission: func(kind string) {
-		if kind == "overload" {
-			overloads.Add(1)
-		}
-	}})
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.ServeUDP(pc)
+	overloads := new(atomic.Int32)
+	_, addr := serveUDP(t, Options{Handler: h, Workers: 2, Inline: inline, OnRetransmission: countOverloads(overloads)})
 	var unblock sync.Once
-	defer func() { unblock.Do(func() { close(release) }); pc.Close(); s.Wait() }() // a failure must not leave the workers waiting
-	addr := pc.LocalAddr().(*net.UDPAddr)
+	t.Cleanup(func() { unblock.Do(func() { close(release) }) })
 	p := newPhone(t)
 	p.send(addr, register(p, "z9hG4bK-slow-1", ";rport")) // both workers busy, nothing queued
 	p.send(addr, register(p, "z9hG4bK-slow-2", ";rport"))
