@@ -64,15 +64,7 @@ start() { local name=$1; shift; setsid "$@" >"$WORK/$name.log" 2>&1 & LASTPID=$!
 stop() { kill -9 -- -"$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # Users for the bench: N → secret pw-N (the same rule kamailio.cfg uses).
-python3 - "$WORK/users.json" "$WORK/users.csv" <<'PY'
-import json, sys
-users = [{"id": i, "username": str(i), "password": f"pw-{i}", "display_name": f"User {i}"} for i in range(1000, 21000)]
-json.dump(users, open(sys.argv[1], "w"))
-with open(sys.argv[2], "w") as f:
-    f.write("SEQUENTIAL\n")
-    for u in users:
-        f.write(f"{u['username']};bench.test;[authentication username={u['username']} password={u['password']}]\n")
-PY
+python3 bench/users.py "$WORK/users.json" "$WORK/users.csv"
 mkdir -p "$WORK/files" && head -c 4096 /dev/urandom >"$WORK/files/rec.wav"
 
 REDIS_PORT=$(freeport)

@@ -45,15 +45,7 @@ ticks() { [ -e "/proc/$1/stat" ] && awk '{print $14+$15}' "/proc/$1/stat" || ech
 HZ=$(getconf CLK_TCK)
 
 # The same users as make bench: N → secret pw-N.
-python3 - "$WORK/users.json" "$WORK/users.csv" <<'PY'
-import json, sys
-users = [{"id": i, "username": str(i), "password": f"pw-{i}", "display_name": f"User {i}"} for i in range(1000, 21000)]
-json.dump(users, open(sys.argv[1], "w"))
-with open(sys.argv[2], "w") as f:
-    f.write("SEQUENTIAL\n")
-    for u in users:
-        f.write(f"{u['username']};bench.test;[authentication username={u['username']} password={u['password']}]\n")
-PY
+python3 bench/users.py "$WORK/users.json" "$WORK/users.csv"
 
 run() { # run BINARY: prints "sidecar% gateway% sipp% failed"
 	local bin=$1 gw sc rd="" redis_url="" hport sport pport
