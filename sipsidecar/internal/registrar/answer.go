@@ -145,13 +145,7 @@ func writeVia(w *bytes.Buffer, via *sip.ViaHeader, top bool, source string) {
 	w.WriteByte('/')
 	w.WriteString(via.Transport)
 	w.WriteByte(' ')
-	if strings.Contains(via.Host, ":") && !strings.HasPrefix(via.Host, "[") {
-		w.WriteByte('[')
-		w.WriteString(via.Host)
-		w.WriteByte(']')
-	} else {
-		w.WriteString(via.Host)
-	}
+	w.Write(appendHost(w.AvailableBuffer(), via.Host))
 	if via.Port > 0 {
 		w.WriteByte(':')
 		w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(via.Port), 10))
@@ -174,11 +168,11 @@ func writeVia(w *bytes.Buffer, via *sip.ViaHeader, top bool, source string) {
 		case port != "" && kv.K == "received":
 			v, received = host, true
 		}
-		writeParam(w, kv.K, v)
+		w.Write(appendParam(w.AvailableBuffer(), kv.K, v))
 	}
 	if port != "" && !received {
 		w.WriteByte(';')
-		writeParam(w, "received", host)
+		w.Write(appendParam(w.AvailableBuffer(), "received", host))
 	}
 	w.WriteString("\r\n")
 }
@@ -200,21 +194,4 @@ func writeNameAddr(w *bytes.Buffer, name, display string, uri *sip.Uri, params s
 		w.WriteByte(';')
 		w.Write(appendParams(w.AvailableBuffer(), params, ';'))
 	}
-}
-
-// writeParam writes k or k=v as sipgo's HeaderParams.ToStringWrite does: quoted when the
-// value holds a space or a tab.
-func writeParam(w *bytes.Buffer, k, v string) {
-	w.WriteString(k)
-	if v == "" {
-		return
-	}
-	if strings.ContainsAny(v, " \t") {
-		w.WriteString(`="`)
-		w.WriteString(v)
-		w.WriteByte('"')
-		return
-	}
-	w.WriteByte('=')
-	w.WriteString(v)
 }

@@ -40,13 +40,7 @@ func appendURI(b []byte, u *sip.Uri) []byte {
 		}
 		b = append(b, '@')
 	}
-	if bracketed(u.Host) {
-		b = append(b, '[')
-		b = append(b, u.Host...)
-		b = append(b, ']')
-	} else {
-		b = append(b, u.Host...)
-	}
+	b = appendHost(b, u.Host)
 	if u.Port > 0 {
 		b = append(b, ':')
 		b = strconv.AppendInt(b, int64(u.Port), 10)
@@ -62,6 +56,16 @@ func appendURI(b []byte, u *sip.Uri) []byte {
 	return b
 }
 
+// appendHost appends host, in brackets where sipgo prints it so (URIs and Via sent-by).
+func appendHost(b []byte, host string) []byte {
+	if bracketed(host) {
+		b = append(b, '[')
+		b = append(b, host...)
+		return append(b, ']')
+	}
+	return append(b, host...)
+}
+
 // bracketed is sipgo's rule for a host printed in brackets: it reads as an IP address
 // (net.ParseIP: no zone, no brackets of its own) and not as an IPv4 one, mapped ones included.
 func bracketed(host string) bool {
@@ -72,23 +76,30 @@ func bracketed(host string) bool {
 	return err == nil && a.Zone() == "" && !a.Is4In6()
 }
 
-// appendParams writes k, or k=v, or k="v" when v holds a space or a tab, joined by sep.
+// appendParams appends ps joined by sep, each as appendParam writes it.
 func appendParams(b []byte, ps sip.HeaderParams, sep byte) []byte {
 	for i, kv := range ps {
 		if i > 0 {
 			b = append(b, sep)
 		}
-		b = append(b, kv.K...)
-		switch {
-		case kv.V == "":
-		case strings.ContainsAny(kv.V, " \t"):
-			b = append(b, `="`...)
-			b = append(b, kv.V...)
-			b = append(b, '"')
-		default:
-			b = append(b, '=')
-			b = append(b, kv.V...)
-		}
+		b = appendParam(b, kv.K, kv.V)
+	}
+	return b
+}
+
+// appendParam appends k, or k=v, or k="v" when v holds a space or a tab, as sipgo's
+// HeaderParams printers do.
+func appendParam(b []byte, k, v string) []byte {
+	b = append(b, k...)
+	switch {
+	case v == "":
+	case strings.ContainsAny(v, " \t"):
+		b = append(b, `="`...)
+		b = append(b, v...)
+		b = append(b, '"')
+	default:
+		b = append(b, '=')
+		b = append(b, v...)
 	}
 	return b
 }
