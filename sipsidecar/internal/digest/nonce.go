@@ -113,16 +113,11 @@ func (n *Nonces) Check(nonce string) error {
 	return nil
 }
 
-// Challenge is a WWW-Authenticate value offering algorithm with qop=auth (RFC 7616 §3.3,
-// RFC 8760 §2.4): `Digest realm="…", nonce="…", algorithm=SHA-256, qop="auth"`, plus
+// AppendChallenge appends a WWW-Authenticate value offering algorithm with qop=auth (RFC
+// 7616 §3.3, RFC 8760 §2.4): `Digest realm="…", nonce="…", algorithm=SHA-256, qop="auth"`, plus
 // `, stale=true` when stale. realm and nonce are escaped as quoted-strings (control
 // characters dropped); algorithm is written in its canonical form, and anything that is
 // not a token loses its non-token characters, so no input can add a parameter or a header.
-func Challenge(realm, nonce, algorithm string, stale bool) string {
-	return string(AppendChallenge(make([]byte, 0, len(realm)+len(nonce)+64), realm, nonce, algorithm, stale))
-}
-
-// AppendChallenge appends Challenge's value to b.
 func AppendChallenge(b []byte, realm, nonce, algorithm string, stale bool) []byte {
 	b = append(b, `Digest realm="`...)
 	b = appendQuoted(b, realm)

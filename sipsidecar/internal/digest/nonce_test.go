@@ -174,7 +174,7 @@ func TestChallenge(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := Challenge(c.realm, c.nonce, c.algorithm, c.stale); got != c.want {
+			if got := string(AppendChallenge(nil, c.realm, c.nonce, c.algorithm, c.stale)); got != c.want {
 				t.Fatalf("Challenge =\n %s\nwant\n %s", got, c.want)
 			}
 		})
@@ -242,7 +242,7 @@ func FuzzChallenge(f *testing.F) {
 	f.Add("a\"b\\c\r\n", "\x00", "SHA-256, x=y", true)
 	f.Add("0", "\x9c", "0", false) // invalid UTF-8 passes through byte for byte
 	f.Fuzz(func(t *testing.T, realm, nonce, alg string, stale bool) {
-		got := Challenge(realm, nonce, alg, stale)
+		got := string(AppendChallenge(nil, realm, nonce, alg, stale))
 		for i := 0; i < len(got); i++ {
 			if c := got[i]; c < 0x20 || c == 0x7f {
 				t.Fatalf("control character %q in %q", c, got)
