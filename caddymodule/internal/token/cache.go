@@ -76,6 +76,3 @@ func (c *verifiedCache) drop(k any) {
 		c.n.Add(-1)
 	}
 }
-
-// len is the number of entries (for tests).
-func (c *verifiedCache) len() int { return int(c.n.Load()) }

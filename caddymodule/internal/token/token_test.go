@@ -404,13 +404,13 @@ func TestVerifiedCache(t *testing.T) {
 	for i := range 10 {
 		small.put(fmt.Sprint(i), &Claims{ExpiresAt: t0.Unix() + 60}, t0)
 	}
-	if small.len() > 4 {
-		t.Fatalf("cache grew to %d, max 4", small.len())
+	if int(small.n.Load()) > 4 {
+		t.Fatalf("cache grew to %d, max 4", int(small.n.Load()))
 	}
 	var count int
 	small.entries.Range(func(any, any) bool { count++; return true })
-	if count != small.len() {
-		t.Fatalf("cache counts %d entries, holds %d", small.len(), count)
+	if count != int(small.n.Load()) {
+		t.Fatalf("cache counts %d entries, holds %d", int(small.n.Load()), count)
 	}
 }
 
