@@ -69,7 +69,7 @@ func TestSidecarCPUSmoke(t *testing.T) {
 		t.Fatalf("bench/sidecar-cpu.sh: %v\n%s", err, out)
 	}
 	res := string(out)
-	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(bin) + ` [\d.]+ [\d.]+ [\d.]+ 0$`).MatchString(res) {
+	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(bin) + ` [\d.]+ [\d.]+ [\d.]+ 0 [1-9][\d.]*$`).MatchString(res) {
 		t.Errorf("no run line with zero failed calls:\n%s", res)
 	}
 	if !regexp.MustCompile(regexp.QuoteMeta(bin) + `: mean sidecar [\d.]+% \([1-9][\d.]* µs/registration\)`).MatchString(res) {

@@ -6,8 +6,9 @@
 #   bench/sidecar-cpu.sh [-r RATE] [-s SECONDS] [-n ROUNDS] [--redis] SIDECAR [SIDECAR...]
 # Each round runs every SIDECAR binary in turn: the gateway (bin/caddy, built if missing), the
 # sidecar, and SIPp with sipsidecar/testdata/register-auth.xml at RATE for SECONDS; the CPU of
-# each process is read from /proc over the middle of the run. It prints one line per run and
-# a mean per binary. Needs sipp (sip-tester), and redis-server with --redis.
+# each process is read from /proc over the middle of the run. It prints one line per run (with
+# the rate SIPp achieved: above a build's ceiling, how it copes with overload) and a mean per
+# binary. Needs sipp (sip-tester), and redis-server with --redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -92,15 +93,16 @@ CF
 	sleep $((SECS - 4))
 	a2=$(ticks "$sc"); b2=$(ticks "$gw"); c2=$(ticks "$sp"); t2=$(date +%s.%N)
 	wait "$sp" 2>/dev/null || true
-	local failed
+	local failed achieved
 	failed=$(grep -E "Failed call" "$WORK/sipp.log" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
-	python3 -c "d=($t2-$t1)*$HZ/100; print(f'{($a2-$a1)/d:.1f} {($b2-$b1)/d:.1f} {($c2-$c1)/d:.1f} ${failed:-?}')"
+	achieved=$(grep -E "Call Rate" "$WORK/sipp.log" | tail -1 | awk -F'|' '{print $3+0}')
+	python3 -c "d=($t2-$t1)*$HZ/100; print(f'{($a2-$a1)/d:.1f} {($b2-$b1)/d:.1f} {($c2-$c1)/d:.1f} ${failed:-?} ${achieved:-?}')"
 	for p in "$sc" "$gw" "$sp" $rd; do kill -9 -- -"$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 	rm -rf "$WORK/gw"
 }
 
 echo "rate $RATE/s for ${SECS}s, CPU in % of one core over the middle $((SECS - 4))s$([ "$REDIS" = 1 ] && echo ", Redis store")"
-echo "binary sidecar gateway sipp failed-calls"
+echo "binary sidecar gateway sipp failed-calls achieved/s"
 for _ in $(seq "$ROUNDS"); do
 	for b in "$@"; do
 		echo "$b $(run "$b")"
