@@ -112,10 +112,16 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	wg.Go(func() { reg.RunExpiry(bg, time.Second) })
 
 	// With everything in memory, only a REGISTER with credentials waits (for the hook): the
-	// reader that parsed any other request answers it as well.
+	// reader that parsed any other request answers it as well, and hands that one to the
+	// hook client, whose goroutine that hears the verdict finishes it. No worker is woken
+	// for a UDP request. With Redis, workers wait for the store's round trips.
 	var inline func(*sip.Request) bool
+	var later func(*sip.Request, *bytes.Buffer, func(int)) int
 	if cfg.RedisURL == "" {
 		inline = func(req *sip.Request) bool { return !registrar.AsksHook(req) }
+		later = func(req *sip.Request, w *bytes.Buffer, done func(int)) int {
+			return reg.HandleLater(ctx, req, source(req), w, done)
+		}
 	}
 	srv := sipserver.New(sipserver.Options{
 		Handler:          func(req *sip.Request, w *bytes.Buffer) int { return reg.Handle(ctx, req, source(req), w) },
@@ -123,6 +129,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 		Logger:           log.With("component", "sip"),
 		OnRetransmission: m.Retransmission,
 		Inline:           inline,
+		Later:            later,
 	})
 	defer srv.Close()
 
@@ -232,15 +239,26 @@ type meteredHook struct {
 func (h meteredHook) Check(ctx context.Context, r authhook.Request) (authhook.Verdict, error) {
 	start := time.Now()
 	v, err := h.c.Check(ctx, r)
-	result := "ok"
+	h.m.Hook(hookResult(v, err), time.Since(start).Seconds())
+	return v, err
+}
+
+func (h meteredHook) CheckLater(r authhook.Request, then func(authhook.Verdict, error)) {
+	start := time.Now()
+	h.c.CheckLater(r, func(v authhook.Verdict, err error) {
+		h.m.Hook(hookResult(v, err), time.Since(start).Seconds())
+		then(v, err)
+	})
+}
+
+func hookResult(v authhook.Verdict, err error) string {
 	switch {
 	case err != nil:
-		result = "unavailable"
+		return "unavailable"
 	case !v.OK:
-		result = "fail"
+		return "fail"
 	}
-	h.m.Hook(result, time.Since(start).Seconds())
-	return v, err
+	return "ok"
 }
 
 // events fans registration changes out to presence and webhooks, never blocking.

@@ -289,10 +289,12 @@ func (a *answer) judge(expires int, given bool) (Verdict, error) {
 	return Verdict{}, fmt.Errorf("%w: unknown status %q", ErrUnavailable, a.Status)
 }
 
-// pending is one callback waiting for its batch.
+// pending is one callback waiting for its batch: a caller of Check waits on done, one of
+// CheckLater gave then.
 type pending struct {
 	body []byte
 	done chan outcome // buffered: the sender never waits for a caller that gave up
+	then func(Verdict, error)
 }
 
 // pendings recycles the callbacks that got their verdict (two allocations per REGISTER).
@@ -307,6 +309,25 @@ type outcome struct {
 // batches large under load (the point: one HTTP exchange for many callbacks) while a lone
 // callback still leaves in a batch of one, after BatchWait at most.
 const batchSenders = 2
+
+// CheckLater is Check for a caller that does not wait: then gets the verdict, or the error,
+// exactly once. Once the hook takes batches it runs on the goroutine that received the
+// batch's answer, after the hook's HTTP exchange and before the next one from that goroutine,
+// so it must not block; before that (and with a hook that never batches) on a goroutine of
+// its own. With too many callbacks queued it runs at once, on the caller's goroutine.
+func (c *Client) CheckLater(r Request, then func(Verdict, error)) {
+	if c.batch.Load() <= 1 {
+		go func() { then(c.Check(context.Background(), r)) }()
+		return
+	}
+	p := pendings.Get().(*pending)
+	p.body, p.then = encodeRequest(nil, r), then
+	if !c.batches.Add(p) {
+		p.body, p.then = nil, nil
+		pendings.Put(p)
+		then(Verdict{}, fmt.Errorf("%w: %d callbacks already queued", ErrUnavailable, c.batches.MaxQueued))
+	}
+}
 
 // viaBatch queues body for the next batch and waits for its verdict.
 func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
@@ -352,10 +373,16 @@ func (c *Client) sendBatch(batch []*pending) {
 		err = decodeAnswers(raw, outs)
 	}
 	for i, p := range batch {
-		if err != nil {
-			p.done <- outcome{err: err}
+		o := outcome{err: err}
+		if err == nil {
+			o = outs[i]
+		}
+		if then := p.then; then != nil {
+			p.body, p.then = nil, nil
+			pendings.Put(p)
+			then(o.v, o.err)
 			continue
 		}
-		p.done <- outs[i]
+		p.done <- o
 	}
 }

@@ -210,13 +210,14 @@ type batchHook struct {
 	answer   func(n int) string // overrides the batch answer when set
 	hold     chan struct{}      // when set, the first request waits on it
 	held     bool
+	holdAll  bool // every request waits on hold, not only the first
 }
 
 func (b *batchHook) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	b.mu.Lock()
 	b.requests++
-	wait := b.hold != nil && !b.held
+	wait := b.hold != nil && (!b.held || b.holdAll)
 	b.held = b.held || wait
 	b.mu.Unlock()
 	if wait {
@@ -382,6 +383,165 @@ func TestBatches(t *testing.T) {
 		}
 		if len(bodies) != 2 || bodies[1][0] != '[' || sigs[1] != Sign([]byte("s3cret"), []byte(bodies[1]), now) {
 			t.Fatalf("bodies %q, signatures %q", bodies, sigs)
+		}
+	})
+}
+
+// later collects CheckLater's verdicts by name and fails a test that gets one twice.
+type later struct {
+	mu   sync.Mutex
+	got  map[string]outcome
+	seen chan struct{}
+}
+
+func newLater() *later { return &later{got: map[string]outcome{}, seen: make(chan struct{}, 1000)} }
+
+func (l *later) check(t *testing.T, c *Client, name string) {
+	c.CheckLater(named(name), func(v Verdict, err error) {
+		l.mu.Lock()
+		if _, twice := l.got[name]; twice {
+			t.Errorf("%s: verdict handed over twice", name)
+		}
+		l.got[name] = outcome{v, err}
+		l.mu.Unlock()
+		l.seen <- struct{}{}
+	})
+}
+
+// wait returns the outcomes once n have come, failing the test after a few seconds.
+func (l *later) wait(t *testing.T, n int) map[string]outcome {
+	t.Helper()
+	for i := range n {
+		select {
+		case <-l.seen:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d verdicts came", i, n)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.got
+}
+
+func TestCheckLater(t *testing.T) {
+	t.Run("a hook that never batches: each verdict handed over once", func(t *testing.T) {
+		b := &batchHook{}
+		c := client(t, Options{URL: hook(t, b.serve).URL})
+		l := newLater()
+		for i := range 10 {
+			l.check(t, c, "ok-"+strconv.Itoa(i))
+		}
+		l.check(t, c, "bad-x")
+		got := l.wait(t, 11)
+		for name, o := range got {
+			if o.err != nil || o.v.OK != strings.HasPrefix(name, "ok-") || (o.v.OK && o.v.DisplayName != name) {
+				t.Errorf("%s: %+v %v", name, o.v, o.err)
+			}
+		}
+		if b.arrays != 0 {
+			t.Fatalf("%d arrays to a hook that never offered them", b.arrays)
+		}
+	})
+
+	t.Run("in batches beside waiting callers, every caller gets its own verdict", func(t *testing.T) {
+		b := &batchHook{offer: "8"}
+		c := client(t, Options{URL: hook(t, b.serve).URL})
+		if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
+			t.Fatal(err)
+		}
+		b.mu.Lock()
+		b.hold, b.held = make(chan struct{}), false // the first batch waits, the rest queue up
+		b.mu.Unlock()
+		l := newLater()
+		var wg sync.WaitGroup
+		for i := range 30 {
+			name := "ok-" + strconv.Itoa(i)
+			if i%4 == 0 {
+				name = "bad-" + strconv.Itoa(i)
+			}
+			if i%3 == 0 {
+				wg.Go(func() {
+					if v, err := c.Check(context.Background(), named(name)); err != nil || v.OK != strings.HasPrefix(name, "ok-") {
+						t.Errorf("waiting %s: %+v %v", name, v, err)
+					}
+				})
+				continue
+			}
+			l.check(t, c, name)
+		}
+		time.Sleep(100 * time.Millisecond)
+		close(b.hold)
+		wg.Wait()
+		got := l.wait(t, 20)
+		for name, o := range got {
+			switch {
+			case o.err != nil:
+				t.Errorf("%s: %v", name, o.err)
+			case o.v.OK != strings.HasPrefix(name, "ok-"):
+				t.Errorf("%s: wrong verdict", name)
+			case o.v.OK && o.v.DisplayName != name, !o.v.OK && o.v.Msg != name:
+				t.Errorf("%s: got another callback's answer %+v", name, o.v)
+			}
+		}
+		if b.arrays == 0 || b.largest < 2 {
+			t.Fatalf("%d arrays, largest %d: the callbacks never shared a batch", b.arrays, b.largest)
+		}
+	})
+
+	t.Run("a bad batch answer hands every caller an error", func(t *testing.T) {
+		b := &batchHook{offer: "8"}
+		c := client(t, Options{URL: hook(t, b.serve).URL})
+		if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
+			t.Fatal(err)
+		}
+		b.mu.Lock()
+		b.answer = func(int) string { return `[]` }
+		b.mu.Unlock()
+		l := newLater()
+		for i := range 3 {
+			l.check(t, c, "ok-"+strconv.Itoa(i))
+		}
+		for name, o := range l.wait(t, 3) {
+			if !errors.Is(o.err, ErrUnavailable) || o.v.OK {
+				t.Errorf("%s: %+v %v, want ErrUnavailable", name, o.v, o.err)
+			}
+		}
+	})
+
+	t.Run("beyond the queue's bound the caller hears at once", func(t *testing.T) {
+		b := &batchHook{offer: "2"}
+		c := client(t, Options{URL: hook(t, b.serve).URL, Concurrency: 1, MaxBatch: 2}) // 2 may queue
+		if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
+			t.Fatal(err)
+		}
+		b.mu.Lock()
+		b.hold, b.held, b.holdAll = make(chan struct{}), false, true
+		b.mu.Unlock()
+		l := newLater()
+		// One batch of one on the wire, a second sender's batch of two, two queued behind
+		// them: the sixth is refused.
+		for i := range 6 {
+			l.check(t, c, "ok-"+strconv.Itoa(i))
+			time.Sleep(20 * time.Millisecond)
+		}
+		select {
+		case <-l.seen:
+		case <-time.After(2 * time.Second):
+			t.Fatal("the refused callback heard nothing while the hook was held")
+		}
+		l.mu.Lock()
+		refused := 0
+		for name, o := range l.got {
+			if !errors.Is(o.err, ErrUnavailable) {
+				t.Errorf("%s answered while the hook was held: %+v %v", name, o.v, o.err)
+			}
+			refused++
+		}
+		l.mu.Unlock()
+		close(b.hold)
+		l.wait(t, 6-refused)
+		if refused != 1 {
+			t.Fatalf("%d refused, want 1", refused)
 		}
 	})
 }

@@ -52,7 +52,7 @@ var (
 // maxExpiresValue bounds any expires value before arithmetic (2^32-1, RFC 3261 §20.19).
 const maxExpiresValue = 1<<32 - 1
 
-func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) *answer {
+func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source, lt *later) *answer {
 	now := r.now()
 	rq, bad := r.parse(req)
 	if bad != nil {
@@ -79,12 +79,24 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source) 
 		return res
 	}
 
-	verdict, err := r.hook.Check(ctx, authhook.Request{
+	hr := authhook.Request{
 		Method: string(req.Method), Expires: rq.expires, Scheme: "digest", Username: creds.Username,
 		Realm: creds.Realm, Nonce: creds.Nonce, URI: creds.URI, Response: creds.Response, QOP: creds.QOP,
 		NC: creds.NC, CNonce: creds.CNonce, Algorithm: creds.Algorithm,
 		SourceAddress: src.IP, SourcePort: src.Port,
-	})
+	}
+	if lh, ok := r.hook.(LaterHook); ok && lt != nil {
+		lh.CheckLater(hr, func(v authhook.Verdict, err error) {
+			lt.done(r.finish(lt.w, req, r.judge(ctx, req, rq, src, v, err, now)))
+		})
+		return waiting
+	}
+	verdict, err := r.hook.Check(ctx, hr)
+	return r.judge(ctx, req, rq, src, verdict, err, now)
+}
+
+// judge answers an authenticated REGISTER by the hook's verdict.
+func (r *Registrar) judge(ctx context.Context, req *sip.Request, rq request, src Source, verdict authhook.Verdict, err error, now time.Time) *answer {
 	if err != nil {
 		r.log.Warn("auth hook gave no verdict", "aor", rq.aor, "source", src.Addr(), "err", err)
 		r.count("hook_unavailable")

@@ -59,6 +59,13 @@ type Hook interface {
 	Check(ctx context.Context, r authhook.Request) (authhook.Verdict, error)
 }
 
+// LaterHook is a Hook that can also hand its verdict to a function instead of a waiting
+// caller (authhook.Client.CheckLater): then runs exactly once, from any goroutine.
+type LaterHook interface {
+	Hook
+	CheckLater(r authhook.Request, then func(authhook.Verdict, error))
+}
+
 // Events hears about registration changes. It must not block: the presence publisher and the
 // webhooks queue and return.
 type Events interface {
@@ -143,7 +150,39 @@ const allowed = "REGISTER, OPTIONS"
 // Handle answers req into w and returns the status code it wrote; 0 means it wrote
 // nothing and nothing is to be sent (ACK, a scanner, a flood).
 func (r *Registrar) Handle(ctx context.Context, req *sip.Request, src Source, w *bytes.Buffer) int {
-	a := r.handle(ctx, req, src)
+	return r.finish(w, req, r.handle(ctx, req, src, nil))
+}
+
+// Waiting is what HandleLater returns for a request it answers later.
+const Waiting = -1
+
+// HandleLater is Handle for a caller that need not wait for the auth hook. A REGISTER
+// whose verdict comes from the hook (a LaterHook) returns Waiting at once: its answer is
+// written into w later and done gets its status code (or 0), exactly once, on the goroutine
+// that heard the verdict, which may be before HandleLater returns. That goroutine also
+// runs the rest of the REGISTER, the store update included, so this is only for stores
+// that never wait (the memory store): with a store that waits, answers would queue
+// behind each other's round trips. Everything else is answered as Handle does, and done
+// is not called.
+func (r *Registrar) HandleLater(ctx context.Context, req *sip.Request, src Source, w *bytes.Buffer, done func(code int)) int {
+	a := r.handle(ctx, req, src, &later{w: w, done: done})
+	if a == waiting {
+		return Waiting
+	}
+	return r.finish(w, req, a)
+}
+
+// later is where an answer decided after the hook's verdict goes.
+type later struct {
+	w    *bytes.Buffer
+	done func(code int)
+}
+
+// waiting is register's answer when the hook's verdict will bring the real one.
+var waiting = &answer{}
+
+// finish writes a into w and returns its code; nil writes nothing and returns 0.
+func (r *Registrar) finish(w *bytes.Buffer, req *sip.Request, a *answer) int {
 	if a == nil {
 		return 0
 	}
@@ -151,7 +190,7 @@ func (r *Registrar) Handle(ctx context.Context, req *sip.Request, src Source, w 
 	return a.code
 }
 
-func (r *Registrar) handle(ctx context.Context, req *sip.Request, src Source) *answer {
+func (r *Registrar) handle(ctx context.Context, req *sip.Request, src Source, lt *later) *answer {
 	if req.IsAck() {
 		return nil
 	}
@@ -169,7 +208,7 @@ func (r *Registrar) handle(ctx context.Context, req *sip.Request, src Source) *a
 	}
 	switch req.Method {
 	case sip.REGISTER:
-		return r.register(ctx, req, src)
+		return r.register(ctx, req, src, lt)
 	case sip.OPTIONS:
 		r.count("options")
 		return r.reply(200, "OK").add("Accept", "application/sdp")

@@ -374,3 +374,104 @@ func TestGuardRemembersBanAnswersBriefly(t *testing.T) {
 		t.Fatalf("own ban: %q, want banned", why)
 	}
 }
+
+// laterHook keeps CheckLater's callbacks for the test to answer.
+type laterHook struct {
+	hookFunc
+	kept []func()
+}
+
+func (h *laterHook) CheckLater(r authhook.Request, then func(authhook.Verdict, error)) {
+	h.kept = append(h.kept, func() { then(h.hookFunc(r)) })
+}
+
+func TestHandleLater(t *testing.T) {
+	ctx := context.Background()
+	contact := "Contact: <sip:201@127.0.0.1:5070>;expires=600"
+	// done records its calls; the answer is read from w once it has come.
+	type result struct {
+		code  int
+		calls atomic.Int32
+	}
+	later := func(r *Registrar, req *sip.Request, w *bytes.Buffer) (int, *result) {
+		res := &result{}
+		code := r.HandleLater(ctx, req, src, w, func(code int) { res.code = code; res.calls.Add(1) })
+		return code, res
+	}
+
+	t.Run("a REGISTER for the hook waits, and its verdict brings the answer once", func(t *testing.T) {
+		h := &laterHook{hookFunc: passwordHook}
+		r, store, nonces := newTestRegistrar(h, nil)
+		var w bytes.Buffer
+		code, res := later(r, msg(t, reg(contact), goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), &w)
+		if code != Waiting || w.Len() != 0 || len(h.kept) != 1 {
+			t.Fatalf("HandleLater returned %d, wrote %q, %d callbacks: want Waiting and nothing yet", code, w.String(), len(h.kept))
+		}
+		if bs, _ := store.Lookup(ctx, "201@pbx", t0); len(bs) != 0 {
+			t.Fatalf("stored before the verdict: %+v", bs)
+		}
+		done := make(chan struct{})
+		go func() { h.kept[0](); close(done) }() // the verdict arrives on another goroutine
+		<-done
+		if res.calls.Load() != 1 || res.code != 200 {
+			t.Fatalf("done called %d times with %d, want once with 200", res.calls.Load(), res.code)
+		}
+		ans := parseAnswer(t, w.Bytes())
+		if ans.StatusCode != 200 || ans.Contact() == nil || !strings.Contains(ans.Contact().Value(), "sip:201@127.0.0.1:5070") {
+			t.Fatalf("answer:\n%s", w.String())
+		}
+		if bs, _ := store.Lookup(ctx, "201@pbx", t0); len(bs) != 1 {
+			t.Fatalf("stored after the verdict: %+v", bs)
+		}
+	})
+
+	t.Run("a fail verdict and a missing verdict are answered later too, storing nothing", func(t *testing.T) {
+		for name, c := range map[string]struct {
+			hook hookFunc
+			want int
+		}{
+			"rejected":    {hookFunc(func(authhook.Request) (authhook.Verdict, error) { return authhook.Verdict{Msg: "no"}, nil }), 403},
+			"unavailable": {hookFunc(func(authhook.Request) (authhook.Verdict, error) { return authhook.Verdict{}, authhook.ErrUnavailable }), 503},
+		} {
+			h := &laterHook{hookFunc: c.hook}
+			r, store, nonces := newTestRegistrar(h, nil)
+			var w bytes.Buffer
+			code, res := later(r, msg(t, reg(contact), goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), &w)
+			if code != Waiting || len(h.kept) != 1 {
+				t.Fatalf("%s: HandleLater returned %d with %d callbacks", name, code, len(h.kept))
+			}
+			h.kept[0]()
+			if res.calls.Load() != 1 || res.code != c.want || parseAnswer(t, w.Bytes()).StatusCode != c.want {
+				t.Fatalf("%s: done %d times with %d, answer %q; want %d", name, res.calls.Load(), res.code, w.String(), c.want)
+			}
+			if bs, _ := store.Lookup(ctx, "201@pbx", t0); len(bs) != 0 {
+				t.Fatalf("%s: stored %+v", name, bs)
+			}
+		}
+	})
+
+	t.Run("everything else is answered at once, without done", func(t *testing.T) {
+		h := &laterHook{hookFunc: passwordHook}
+		r, _, nonces := newTestRegistrar(h, nil)
+		var w bytes.Buffer
+		code, res := later(r, msg(t, reg(contact), ""), &w)
+		if code != 401 || parseAnswer(t, w.Bytes()).StatusCode != 401 || res.calls.Load() != 0 || len(h.kept) != 0 {
+			t.Fatalf("challenge: %d, done %d times, %d callbacks", code, res.calls.Load(), len(h.kept))
+		}
+		// Credentials that never reach the hook: another user's.
+		w.Reset()
+		code, res = later(r, msg(t, reg(contact), goodAuth(nonces, "202", "pbx", "MD5", "pw", 1)), &w)
+		if code != 403 || res.calls.Load() != 0 || len(h.kept) != 0 {
+			t.Fatalf("someone else's AOR: %d, done %d times, %d callbacks", code, res.calls.Load(), len(h.kept))
+		}
+	})
+
+	t.Run("a hook that cannot answer later is waited for", func(t *testing.T) {
+		r, _, nonces := newTestRegistrar(passwordHook, nil)
+		var w bytes.Buffer
+		code, res := later(r, msg(t, reg(contact), goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), &w)
+		if code != 200 || parseAnswer(t, w.Bytes()).StatusCode != 200 || res.calls.Load() != 0 {
+			t.Fatalf("HandleLater with a plain Hook: %d, done %d times", code, res.calls.Load())
+		}
+	})
+}

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -52,6 +53,13 @@ type Options struct {
 	// it too, sparing a hand-off to a worker: for requests whose handling never waits (a
 	// challenge from an in-memory store). May be nil.
 	Inline func(req *sip.Request) bool
+	// Later, when set, has the reader also handle the new UDP requests Inline does not
+	// pick, through Later instead of Handler and without a worker. Later answers as Handler
+	// does, or returns a negative code, keeps w, and calls done exactly once when the answer
+	// is in w, with its status code (0: none), from any goroutine and perhaps before it
+	// returns. At most 2×Workers requests wait for such answers: beyond that new requests
+	// are shed, and while more than Workers wait so are those Inline picks. May be nil.
+	Later func(req *sip.Request, w *bytes.Buffer, done func(code int)) int
 }
 
 // Server serves SIP over UDP, TCP and WebSocket.
@@ -61,6 +69,8 @@ type Server struct {
 	log     *slog.Logger
 	onRetx  func(string)
 	inline  func(*sip.Request) bool
+	later   func(*sip.Request, *bytes.Buffer, func(int)) int
+	waiting atomic.Int64 // UDP requests waiting for a later answer
 	now     func() time.Time
 	parser  *sip.Parser
 	tx      *txCache
@@ -85,7 +95,7 @@ func New(o Options) *Server {
 		o.Now = time.Now
 	}
 	s := &Server{
-		handler: o.Handler, workers: o.Workers, log: o.Logger, onRetx: o.OnRetransmission, inline: o.Inline, now: o.Now,
+		handler: o.Handler, workers: o.Workers, log: o.Logger, onRetx: o.OnRetransmission, inline: o.Inline, later: o.Later, now: o.Now,
 		parser: sip.NewParser(), tx: newTxCache(o.CacheBytes), streams: make(chan struct{}, o.Workers),
 	}
 	s.tp = sip.NewTransportLayer(net.DefaultResolver, sip.NewParser(), nil, sip.WithTransportLayerLogger(o.Logger))
@@ -94,8 +104,8 @@ func New(o Options) *Server {
 }
 
 // ServeUDP reads requests from pc until it is closed: a few readers parse datagrams and
-// answer retransmissions, answer the new requests Inline picks themselves, and hand every
-// other new request to one of Workers workers, with as many again waiting. Beyond that a
+// answer retransmissions, answer the new requests Inline picks themselves, hand the others
+// to Later when it is set, and else to one of Workers workers, with as many again waiting. Beyond that a
 // request is dropped (the phone retransmits), so a flood cannot pile up work, and readers
 // never wait for the store or the hook, so the socket is drained while requests wait for
 // their verdicts.
@@ -108,7 +118,11 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	// the CPU at 14,000 REGISTERs/s).
 	jobs := make(chan udpJob, s.workers) // as many may wait as are being handled
 	var workers sync.WaitGroup
-	for range s.workers {
+	nworkers := s.workers
+	if s.later != nil {
+		nworkers = 0 // every request goes to Inline or Later
+	}
+	for range nworkers {
 		workers.Go(func() {
 			for j := range jobs {
 				s.udpRequest(pc, j.req, j.from, j.key)
@@ -197,16 +211,27 @@ func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip n
 		}
 	}
 	if s.inline != nil && s.inline(req) {
-		// Under overload new work is shed first: while half the queue waits, the requests
-		// behind it finish what phones started (credentials after a challenge) instead of
-		// the reader answering more challenges whose answers would only join the queue.
-		if len(jobs) > cap(jobs)/2 {
+		// Under overload new work is shed first: while half the queue waits (or more than
+		// Workers wait for later answers), the requests behind it finish what phones started
+		// (credentials after a challenge) instead of the reader answering more challenges
+		// whose answers would only join the queue.
+		if len(jobs) > cap(jobs)/2 || s.waiting.Load() > int64(s.workers) {
 			s.shed(key)
 			return
 		}
 		s.running.Add(1)
 		s.udpRequest(pc, req, from, key)
 		s.running.Done()
+		return
+	}
+	if s.later != nil {
+		if s.waiting.Load() >= 2*int64(s.workers) {
+			s.shed(key)
+			return
+		}
+		s.running.Add(1)
+		s.waiting.Add(1)
+		s.udpLater(pc, req, from, key)
 		return
 	}
 	s.running.Add(1)
@@ -233,7 +258,38 @@ func (s *Server) udpRequest(pc *net.UDPConn, req *sip.Request, from netip.AddrPo
 	out := buffers.Get().(*bytes.Buffer)
 	defer buffers.Put(out)
 	out.Reset()
-	code := s.handler(req, out)
+	s.sendUDP(pc, req, from, key, out, s.handler(req, out))
+}
+
+// udpLater hands a new request to Later; its answer is sent when it comes.
+func (s *Server) udpLater(pc *net.UDPConn, req *sip.Request, from netip.AddrPort, key string) {
+	out := buffers.Get().(*bytes.Buffer)
+	out.Reset()
+	l := &laterUDP{s: s, pc: pc, req: req, from: from, key: key, out: out}
+	if code := s.later(req, out, l.done); code >= 0 {
+		l.done(code)
+	}
+}
+
+// laterUDP is a request waiting for its answer from Later.
+type laterUDP struct {
+	s    *Server
+	pc   *net.UDPConn
+	req  *sip.Request
+	from netip.AddrPort
+	key  string
+	out  *bytes.Buffer
+}
+
+func (l *laterUDP) done(code int) {
+	l.s.sendUDP(l.pc, l.req, l.from, l.key, l.out, code)
+	buffers.Put(l.out)
+	l.s.waiting.Add(-1)
+	l.s.running.Done()
+}
+
+// sendUDP sends (and remembers) the answer with code in out; 0 sends nothing.
+func (s *Server) sendUDP(pc *net.UDPConn, req *sip.Request, from netip.AddrPort, key string, out *bytes.Buffer, code int) {
 	if code == 0 {
 		if key != "" {
 			s.tx.finish(key, nil, s.now())

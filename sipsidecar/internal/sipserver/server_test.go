@@ -359,3 +359,142 @@ func TestUDPInline(t *testing.T) {
 		t.Fatalf("retransmission of the shed request: %q, %d handled (want 6)", got, calls.Load())
 	}
 }
+
+// held is a request Later kept, with what answers it.
+type held struct {
+	req  *sip.Request
+	w    *bytes.Buffer
+	done func(int)
+}
+
+// TestUDPLater: a request Later keeps is answered when done is called, from another
+// goroutine; while it waits its retransmissions are absorbed, and after it they get the
+// same bytes. At most 2×Workers wait: beyond that new requests are shed, and while more
+// than Workers wait so are the inline ones.
+func TestUDPLater(t *testing.T) {
+	kept := make(chan held, 16)
+	var laterCalls atomic.Int32
+	later := func(req *sip.Request, w *bytes.Buffer, done func(int)) int {
+		laterCalls.Add(1)
+		b, _ := req.Via().Params.Get("branch")
+		switch {
+		case strings.Contains(b, "now"): // answered at once, as a Handler would
+			return answer(202)(req, w)
+		case strings.Contains(b, "early"): // done before Later returns
+			done(answer(200)(req, w))
+			return -1
+		}
+		kept <- held{req, w, done}
+		return -1
+	}
+	inline := func(req *sip.Request) bool {
+		b, _ := req.Via().Params.Get("branch")
+		return strings.Contains(b, "inline")
+	}
+	overloads := new(atomic.Int32)
+	_, addr := serveUDP(t, Options{Handler: answer(200), Workers: 2, Inline: inline, Later: later, OnRetransmission: countOverloads(overloads)})
+	var waiting []held
+	t.Cleanup(func() { // no request left waiting: the server's Wait would hang
+		for _, h := range waiting {
+			h.done(0)
+		}
+		for {
+			select {
+			case h := <-kept:
+				h.done(0)
+			default:
+				return
+			}
+		}
+	})
+	take := func() held {
+		t.Helper()
+		select {
+		case h := <-kept:
+			waiting = append(waiting, h)
+			return h
+		case <-time.After(2 * time.Second):
+			t.Fatal("Later never got the request")
+		}
+		return held{}
+	}
+	finish := func(h held, code int) {
+		for i, w := range waiting {
+			if w.req == h.req {
+				waiting = append(waiting[:i], waiting[i+1:]...)
+			}
+		}
+		if code != 0 {
+			answer(code)(h.req, h.w)
+		}
+		go h.done(code) // from another goroutine, as the hook client does
+	}
+	quiet := 150 * time.Millisecond
+	p := newPhone(t)
+
+	first := register(p, "z9hG4bK-later-1", ";rport")
+	p.send(addr, first)
+	h := take()
+	p.send(addr, first)
+	if got := p.read(quiet); got != "" || laterCalls.Load() != 1 {
+		t.Fatalf("retransmission while waiting: %q, Later ran %d times (want it absorbed)", got, laterCalls.Load())
+	}
+	finish(h, 200)
+	answered := p.read(2 * time.Second)
+	if !strings.HasPrefix(answered, "SIP/2.0 200") || !strings.Contains(answered, "z9hG4bK-later-1") {
+		t.Fatalf("later answer: %q", answered)
+	}
+	p.send(addr, first)
+	if got := p.read(2 * time.Second); got != answered || laterCalls.Load() != 1 {
+		t.Fatalf("retransmission after the answer: %q, Later ran %d times (want the same bytes, not handled)", got, laterCalls.Load())
+	}
+
+	p.send(addr, register(p, "z9hG4bK-now-1", ";rport"))
+	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 202") {
+		t.Fatalf("an answer Later gave at once: %q", got)
+	}
+	p.send(addr, register(p, "z9hG4bK-early-1", ";rport"))
+	if got := p.read(2 * time.Second); !strings.HasPrefix(got, "SIP/2.0 200") || !strings.Contains(got, "z9hG4bK-early-1") {
+		t.Fatalf("an answer done before Later returned: %q", got)
+	}
+
+	// done(0): nothing sent, and its retransmissions get nothing either.
+	silent := register(p, "z9hG4bK-later-silent", ";rport")
+	p.send(addr, silent)
+	finish(take(), 0)
+	time.Sleep(50 * time.Millisecond)
+	p.send(addr, silent)
+	if got := p.read(quiet); got != "" {
+		t.Fatalf("a request answered with nothing: %q", got)
+	}
+
+	// Four wait (2×Workers): the fifth is shed, and so is an inline request.
+	for i := range 4 {
+		p.send(addr, register(p, "z9hG4bK-later-w"+strconv.Itoa(i), ";rport"))
+		take()
+	}
+	shed := register(p, "z9hG4bK-later-shed", ";rport")
+	p.send(addr, shed)
+	p.send(addr, register(p, "z9hG4bK-inline-shed", ";rport"))
+	if got := p.read(quiet); got != "" || overloads.Load() != 2 {
+		t.Fatalf("with 4 waiting: %q answered, %d overloads (want both shed)", got, overloads.Load())
+	}
+	// Two done: two wait, not more than Workers, so inline requests are answered again.
+	finish(waiting[0], 200)
+	finish(waiting[0], 200)
+	for range 2 {
+		if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-later-w") {
+			t.Fatalf("a waiting request's answer: %q", got)
+		}
+	}
+	p.send(addr, register(p, "z9hG4bK-inline-ok", ";rport"))
+	if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-inline-ok") {
+		t.Fatalf("inline request with 2 waiting: %q", got)
+	}
+	// The shed request was forgotten: its retransmission reaches Later.
+	p.send(addr, shed)
+	finish(take(), 200)
+	if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-later-shed") {
+		t.Fatalf("retransmission of the shed request: %q", got)
+	}
+}
