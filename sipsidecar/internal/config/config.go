@@ -34,6 +34,7 @@ type Config struct {
 	HookConcurrency int
 	HookBatchWait   time.Duration
 	Workers         int
+	Procs           int
 	NonceSecret     string
 	NonceTTL        time.Duration
 	Realm           string
@@ -82,6 +83,7 @@ func settings() []setting {
 			return
 		}},
 		{"WORKERS", "1024", "SIP requests handled at once (each may wait for the store and the hook); as many UDP requests may wait, more are dropped", func(c *Config, v string) (err error) { c.Workers, err = integer(v, 1, 100000); return }},
+		{"PROCS", "1", "cores that run the sidecar's Go code at once (GOMAXPROCS); 0 = Go's choice (GOMAXPROCS from the environment, else every core it may use)", func(c *Config, v string) (err error) { c.Procs, err = integer(v, 0, 1024); return }},
 		{"NONCE_SECRET", "", "HMAC key of digest nonces (share it between sidecars); empty = random per process", func(c *Config, v string) error {
 			c.NonceSecret = v
 			if v != "" && len(v) < 16 {

@@ -16,15 +16,15 @@ func TestDefaultsAndOverrides(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(c.Listen) != 3 || c.Listen[2] != (Listener{"ws", "127.0.0.1:5066"}) || c.HookTimeout != 2*time.Second || c.HookBatchWait != time.Millisecond ||
-		c.ExpiresDefault != 3600 || c.ExpiresMin != 60 || c.ExpiresMax != 7200 || c.NATExpires != 30 || c.MaxContacts != 10 {
+		c.ExpiresDefault != 3600 || c.ExpiresMin != 60 || c.ExpiresMax != 7200 || c.NATExpires != 30 || c.MaxContacts != 10 || c.Procs != 1 {
 		t.Fatalf("defaults %+v", c)
 	}
 	c, err = Load(env(map[string]string{"SIPSIDECAR_AUTH_HOOK_URL": "http://h/hook", "SIPSIDECAR_MAX_CONTACTS": "3"}),
-		[]string{"-max-contacts", "5", "-listen", "udp:0.0.0.0:5070", "-webhook-headers", "X-Key: a; X-Other: b"})
+		[]string{"-max-contacts", "5", "-procs", "0", "-listen", "udp:0.0.0.0:5070", "-webhook-headers", "X-Key: a; X-Other: b"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxContacts != 5 || len(c.Listen) != 1 || c.WebhookHeaders["X-Key"] != "a" || c.WebhookHeaders["X-Other"] != "b" {
+	if c.MaxContacts != 5 || c.Procs != 0 || len(c.Listen) != 1 || c.WebhookHeaders["X-Key"] != "a" || c.WebhookHeaders["X-Other"] != "b" {
 		t.Fatalf("flags do not override: %+v", c)
 	}
 }
@@ -45,6 +45,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"EXPIRES_MAX":           "0",
 		"NAT_EXPIRES":           "99999",
 		"MAX_CONTACTS":          "1.5",
+		"PROCS":                 "-1",
 		"RATE_LIMIT":            "-3",
 		"HTTP_ADDR":             "localhost",
 		"PUBLISH_URL":           "nchan",
