@@ -131,7 +131,7 @@ func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 // REGISTERs' digests, which is what the callback costs under load. A jambonz hook never
 // sees it.
 const (
-	maxSIPAuthBatch     = 64
+	maxSIPAuthBatch     = 256
 	maxSIPAuthBatchBody = 256 << 10
 	sipAuthBatchHeader  = "Softphone-Auth-Batch"
 )

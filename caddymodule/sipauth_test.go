@@ -183,7 +183,7 @@ func TestSIPAuthBatch(t *testing.T) {
 
 	t.Run("single answers offer batches", func(t *testing.T) {
 		r := g.do("POST", url, good)
-		if r.Status != 200 || r.Header.Get("Softphone-Auth-Batch") != "64" {
+		if r.Status != 200 || r.Header.Get("Softphone-Auth-Batch") != "256" {
 			t.Fatalf("%d %v %s", r.Status, r.Header, r.Raw)
 		}
 	})
@@ -211,7 +211,7 @@ func TestSIPAuthBatch(t *testing.T) {
 		}
 	})
 
-	many := "[" + strings.TrimSuffix(strings.Repeat(good+",", 65), ",") + "]"
+	many := "[" + strings.TrimSuffix(strings.Repeat(good+",", maxSIPAuthBatch+1), ",") + "]"
 	for name, body := range map[string]string{
 		"empty array":      "[]",
 		"not JSON":         "[{",

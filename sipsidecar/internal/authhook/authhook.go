@@ -101,7 +101,7 @@ type Options struct {
 	Concurrency int           // callbacks in flight at most; default 128
 	QueueWait   time.Duration // how long a callback may wait for a free slot; default 250ms
 	// MaxBatch bounds the callbacks sent in one request once the hook offers batches
-	// (BatchHeader); default 64, 1 never batches.
+	// (BatchHeader); default 256, 1 never batches.
 	MaxBatch int
 	// BatchWait is how long a batch smaller than the hook takes waits for more callbacks,
 	// from its oldest one; 0 sends it as soon as a request can go.
@@ -128,7 +128,7 @@ func New(o Options) (*Client, error) {
 		o.Now = time.Now
 	}
 	if o.MaxBatch <= 0 {
-		o.MaxBatch = 64
+		o.MaxBatch = 256
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = o.Concurrency
@@ -350,11 +350,27 @@ func (c *Client) viaBatch(ctx context.Context, body []byte) (Verdict, error) {
 	}
 }
 
+// maxBatchBody bounds the body of one batch request, below the 256 KiB our gateway reads
+// for an array. A callback body is at most a few KiB (the Authorization header is bounded
+// at 4 KiB), but a batch of them can pass that limit: a phone that pads its digest
+// (a long cnonce) would otherwise get every other REGISTER in its batch a 503.
+const maxBatchBody = 192 << 10
+
+// sendBatch posts batch in as few requests as fit maxBatchBody, one after the other.
 func (c *Client) sendBatch(batch []*pending) {
-	size := 2
-	for _, p := range batch {
-		size += len(p.body) + 1
+	for len(batch) > 0 {
+		n, size := 0, 2
+		for n < len(batch) && (n == 0 || size+len(batch[n].body)+1 <= maxBatchBody) {
+			size += len(batch[n].body) + 1
+			n++
+		}
+		c.sendPart(batch[:n], size)
+		batch = batch[n:]
 	}
+}
+
+// sendPart posts one batch request of size bytes and hands out its verdicts.
+func (c *Client) sendPart(batch []*pending, size int) {
 	body := make([]byte, 0, size)
 	body = append(body, '[')
 	for i, p := range batch {

@@ -545,3 +545,57 @@ func TestCheckLater(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchBodyBound: callbacks padded to a few KiB each (a long cnonce) leave in several
+// requests that each fit maxBatchBody, and every caller still gets its own verdict.
+func TestBatchBodyBound(t *testing.T) {
+	b := &batchHook{offer: "256"}
+	var mu sync.Mutex
+	var sizes []int
+	srv := hook(t, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		sizes = append(sizes, len(body))
+		mu.Unlock()
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		b.serve(w, r)
+	})
+	c := client(t, Options{URL: srv.URL})
+	if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	b.hold, b.held = make(chan struct{}), false // the first batch waits: the rest queue up
+	b.mu.Unlock()
+	l := newLater()
+	const n = 120
+	for i := range n {
+		r := named("ok-" + strconv.Itoa(i))
+		r.CNonce = strings.Repeat("c", 3000)
+		c.CheckLater(r, func(v Verdict, err error) {
+			l.mu.Lock()
+			l.got[r.Username] = outcome{v, err}
+			l.mu.Unlock()
+			l.seen <- struct{}{}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(b.hold)
+	for name, o := range l.wait(t, n) {
+		if o.err != nil || !o.v.OK || o.v.DisplayName != name {
+			t.Errorf("%s: %+v %v", name, o.v, o.err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for _, s := range sizes[1:] {
+		if s > 256<<10 { // what our gateway reads of an array
+			t.Errorf("a batch of %d bytes, over the gateway's 256 KiB", s)
+		}
+		total += s
+	}
+	if total < n*3000 || len(sizes) < 3 {
+		t.Fatalf("%d requests carrying %d bytes: want the %d padded callbacks split over several", len(sizes)-1, total, n)
+	}
+}

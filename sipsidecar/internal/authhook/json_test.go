@@ -347,7 +347,7 @@ func batchAnswer() []byte {
 
 // benchBatch is a full batch (Options.MaxBatch's default), a variable as len(batch) is
 // in sendBatch, so that outs lands on the heap here too.
-var benchBatch = 64
+var benchBatch = 256
 
 // BenchmarkDecodeAnswers measures what sendBatch does with a full batch's answer, before
 // (encoding/json) and after.
