@@ -2,7 +2,6 @@ package sipserver
 
 import (
 	"hash/maphash"
-	"math"
 	"sync"
 	"time"
 )
@@ -14,12 +13,8 @@ import (
 //
 // It is built for tens of thousands of transactions a second without weighing on the
 // garbage collector: completed transactions live in a few generations, each an append-only
-// byte arena (key and response bytes), found through one map of integers over all of them,
-// so the collector has nothing to scan, and a whole generation is dropped at once when it
-// ages out. (A map per generation cost a look-up in each of eight for every new request,
-// most of them cache misses in maps of a hundred thousand entries.) The index entries of a
-// dropped generation are found dead by their generation's number and deleted a few at a
-// time by later writes. An arena is
+// byte arena (key and response bytes) indexed by a map of integers, so the collector has
+// nothing to scan, and a whole generation is dropped at once when it ages out. An arena is
 // a list of chunks of up to 1 MiB: it grows by adding one, never by copying what it holds
 // (a single growing slice moved tens of megabytes at every growth: 5% of the sidecar's CPU
 // at 19,500 REGISTERs/s while the generations filled). A memory cap
@@ -34,33 +29,24 @@ type txCache struct {
 
 	mu       sync.Mutex
 	gens     []*generation // newest first
-	index    map[uint64]span
-	dead     [][]uint64 // index keys of dropped generations, still to delete
-	next     uint32     // the next generation's number
 	inflight map[string]struct{}
 	mem      int
 }
 
 type generation struct {
-	id     uint32
 	start  time.Time
-	keys   []uint64 // index keys of its entries, to delete once it is dropped
+	index  map[uint64]span
 	chunks [][]byte // the arena; new entries go into the last one
 	used   int      // bytes in chunks
 }
 
 // span locates one entry in its generation's arena: the key, then the response.
 type span struct {
-	gen       uint32
 	chunk     uint32
 	off       uint32
 	keyLen    uint32
 	answerLen uint32
 }
-
-// deletesPerWrite is how many dead index entries each write removes: more than one, so
-// that the dead are gone before the next generation is dropped.
-const deletesPerWrite = 4
 
 // entry is the bytes s locates.
 func (g *generation) entry(s span) (key, answer []byte) {
@@ -87,7 +73,6 @@ func newTxCache(maxMem int) *txCache {
 		span:     timerJ / (generations - 1),
 		maxMem:   maxMem,
 		chunk:    min(maxChunk, maxMem),
-		index:    map[uint64]span{},
 		inflight: map[string]struct{}{},
 	}
 }
@@ -111,8 +96,8 @@ func (c *txCache) begin(key string, now time.Time) (verdict, []byte) {
 		return absorbed, nil
 	}
 	c.ageLocked(now)
-	if s, ok := c.index[h]; ok {
-		if g := c.gen(s.gen); g != nil {
+	for _, g := range c.gens {
+		if s, ok := g.index[h]; ok {
 			if k, a := g.entry(s); string(k) == key {
 				if len(a) == 0 {
 					return absorbed, nil // handled, nothing was sent (a dropped flood)
@@ -123,16 +108,6 @@ func (c *txCache) begin(key string, now time.Time) (verdict, []byte) {
 	}
 	c.inflight[key] = struct{}{}
 	return fresh, nil
-}
-
-// gen is the live generation numbered id, or nil.
-func (c *txCache) gen(id uint32) *generation {
-	for _, g := range c.gens {
-		if g.id == id {
-			return g
-		}
-	}
-	return nil
 }
 
 // finish completes key's transaction with answer (nil: nothing was sent, and its
@@ -159,33 +134,9 @@ func (c *txCache) finish(key string, answer []byte, now time.Time) {
 	off := len(b)
 	b = append(b, key...)
 	g.chunks[last] = append(b, answer...)
-	c.index[h] = span{gen: g.id, chunk: uint32(last), off: uint32(off), keyLen: uint32(len(key)), answerLen: uint32(len(answer))}
-	g.keys = append(g.keys, h)
+	g.index[h] = span{chunk: uint32(last), off: uint32(off), keyLen: uint32(len(key)), answerLen: uint32(len(answer))}
 	g.used += need
 	c.mem += need
-	c.sweepLocked(deletesPerWrite)
-}
-
-// sweepLocked deletes up to n index entries of dropped generations. An entry a newer
-// generation has written over since (the same key hash) belongs to that one and stays.
-func (c *txCache) sweepLocked(n int) {
-	for n > 0 && len(c.dead) > 0 {
-		keys := c.dead[0]
-		for n > 0 && len(keys) > 0 {
-			h := keys[len(keys)-1]
-			keys = keys[:len(keys)-1]
-			if s, ok := c.index[h]; ok && c.gen(s.gen) == nil {
-				delete(c.index, h)
-			}
-			n--
-		}
-		if len(keys) == 0 {
-			c.dead[0] = nil
-			c.dead = c.dead[1:]
-		} else {
-			c.dead[0] = keys
-		}
-	}
 }
 
 // abandon forgets an in-flight key without remembering an answer: its next retransmission
@@ -200,11 +151,10 @@ func (c *txCache) abandon(key string) {
 // ended more than Timer J ago.
 func (c *txCache) ageLocked(now time.Time) {
 	if len(c.gens) == 0 || now.Sub(c.gens[0].start) >= c.span {
-		// Its key list is sized like the last one's: a steady load then never regrows it.
-		g := &generation{id: c.next, start: now}
-		c.next++
+		// The index is sized like the last one's: a steady load then never regrows it.
+		g := &generation{start: now, index: map[uint64]span{}}
 		if len(c.gens) > 0 {
-			g.keys = make([]uint64, 0, len(c.gens[0].keys))
+			g.index = make(map[uint64]span, len(c.gens[0].index))
 		}
 		c.gens = append([]*generation{g}, c.gens...)
 	}
@@ -219,12 +169,6 @@ func (c *txCache) dropOldestLocked() {
 	old := c.gens[len(c.gens)-1]
 	c.mem -= old.used
 	c.gens = c.gens[:len(c.gens)-1]
-	if len(c.dead) > 0 {
-		// The writes since the last drop did not delete all of its entries (a burst after
-		// a quiet spell): finish them now, so the index holds one dropped generation at most.
-		c.sweepLocked(math.MaxInt)
-	}
-	c.dead = append(c.dead, old.keys)
 }
 
 // stats reports the remembered answers, the in-flight keys and the arena bytes.
@@ -232,7 +176,7 @@ func (c *txCache) stats() (answers, inflight, mem int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, g := range c.gens {
-		answers += len(g.keys)
+		answers += len(g.index)
 	}
 	return answers, len(c.inflight), c.mem
 }
