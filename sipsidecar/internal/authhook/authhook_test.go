@@ -256,6 +256,15 @@ func (b *batchHook) serve(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, verdict(body))
 }
 
+// holdNext makes the next request wait on hold (every request, with all) until the test
+// closes the returned channel.
+func (b *batchHook) holdNext(all bool) chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.hold, b.held, b.holdAll = make(chan struct{}), false, all
+	return b.hold
+}
+
 func named(name string) Request { r := req; r.Username = name; return r }
 
 func TestBatches(t *testing.T) {
@@ -271,9 +280,7 @@ func TestBatches(t *testing.T) {
 		if err := <-first; err != nil {
 			t.Fatal(err)
 		}
-		b.mu.Lock()
-		b.hold, b.held = make(chan struct{}), false // hold the first batch so the rest queue up
-		b.mu.Unlock()
+		hold := b.holdNext(false) // hold the first batch so the rest queue up
 		const n = 40
 		var wg sync.WaitGroup
 		errs := make(chan string, n)
@@ -295,7 +302,7 @@ func TestBatches(t *testing.T) {
 			})
 		}
 		time.Sleep(100 * time.Millisecond)
-		close(b.hold)
+		close(hold)
 		wg.Wait()
 		close(errs)
 		for e := range errs {
@@ -396,13 +403,16 @@ type later struct {
 
 func newLater() *later { return &later{got: map[string]outcome{}, seen: make(chan struct{}, 1000)} }
 
-func (l *later) check(t *testing.T, c *Client, name string) {
-	c.CheckLater(named(name), func(v Verdict, err error) {
+func (l *later) check(t *testing.T, c *Client, name string) { l.checkRequest(t, c, named(name)) }
+
+// checkRequest is check for a request of the test's own, by its username.
+func (l *later) checkRequest(t *testing.T, c *Client, r Request) {
+	c.CheckLater(r, func(v Verdict, err error) {
 		l.mu.Lock()
-		if _, twice := l.got[name]; twice {
-			t.Errorf("%s: verdict handed over twice", name)
+		if _, twice := l.got[r.Username]; twice {
+			t.Errorf("%s: verdict handed over twice", r.Username)
 		}
-		l.got[name] = outcome{v, err}
+		l.got[r.Username] = outcome{v, err}
 		l.mu.Unlock()
 		l.seen <- struct{}{}
 	})
@@ -449,9 +459,7 @@ func TestCheckLater(t *testing.T) {
 		if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
 			t.Fatal(err)
 		}
-		b.mu.Lock()
-		b.hold, b.held = make(chan struct{}), false // the first batch waits, the rest queue up
-		b.mu.Unlock()
+		hold := b.holdNext(false) // the first batch waits, the rest queue up
 		l := newLater()
 		var wg sync.WaitGroup
 		for i := range 30 {
@@ -470,7 +478,7 @@ func TestCheckLater(t *testing.T) {
 			l.check(t, c, name)
 		}
 		time.Sleep(100 * time.Millisecond)
-		close(b.hold)
+		close(hold)
 		wg.Wait()
 		got := l.wait(t, 20)
 		for name, o := range got {
@@ -514,9 +522,7 @@ func TestCheckLater(t *testing.T) {
 		if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
 			t.Fatal(err)
 		}
-		b.mu.Lock()
-		b.hold, b.held, b.holdAll = make(chan struct{}), false, true
-		b.mu.Unlock()
+		hold := b.holdNext(true)
 		l := newLater()
 		// One batch of one on the wire, a second sender's batch of two, two queued behind
 		// them: the sixth is refused.
@@ -538,7 +544,7 @@ func TestCheckLater(t *testing.T) {
 			refused++
 		}
 		l.mu.Unlock()
-		close(b.hold)
+		close(hold)
 		l.wait(t, 6-refused)
 		if refused != 1 {
 			t.Fatalf("%d refused, want 1", refused)
@@ -564,23 +570,16 @@ func TestBatchBodyBound(t *testing.T) {
 	if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
 		t.Fatal(err)
 	}
-	b.mu.Lock()
-	b.hold, b.held = make(chan struct{}), false // the first batch waits: the rest queue up
-	b.mu.Unlock()
+	hold := b.holdNext(false) // the first batch waits: the rest queue up
 	l := newLater()
 	const n = 120
 	for i := range n {
 		r := named("ok-" + strconv.Itoa(i))
 		r.CNonce = strings.Repeat("c", 3000)
-		c.CheckLater(r, func(v Verdict, err error) {
-			l.mu.Lock()
-			l.got[r.Username] = outcome{v, err}
-			l.mu.Unlock()
-			l.seen <- struct{}{}
-		})
+		l.checkRequest(t, c, r)
 	}
 	time.Sleep(100 * time.Millisecond)
-	close(b.hold)
+	close(hold)
 	for name, o := range l.wait(t, n) {
 		if o.err != nil || !o.v.OK || o.v.DisplayName != name {
 			t.Errorf("%s: %+v %v", name, o.v, o.err)
