@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# CPU per registration of the sidecar (and of the gateway answering its callback) at one
-# fixed rate, for comparing two builds: near the ceiling, the highest sustained rate that
-# make bench reports moves by about ±5% from run to run, while CPU at a rate below it moves
-# by about ±2%, and alternating the builds cancels the drift of a shared machine.
+# CPU per registration of the sidecar (and of the gateway answering its callback, and of
+# redis-server with --redis) at one fixed rate, for comparing two builds: near the ceiling,
+# the highest sustained rate that make bench reports moves by about ±5% from run to run,
+# while CPU at a rate below it moves by about ±2%, and alternating the builds cancels the
+# drift of a shared machine.
 #   bench/sidecar-cpu.sh [-r RATE] [-s SECONDS] [-n ROUNDS] [--redis] SIDECAR [SIDECAR...]
 # Each round runs every SIDECAR binary in turn: the gateway (bin/caddy, built if missing), the
 # sidecar, and SIPp with sipsidecar/testdata/register-auth.xml at RATE for SECONDS; the CPU of
@@ -87,25 +88,25 @@ CF
 	start sipp env -C "$WORK" sipp "127.0.0.1:$sport" -sf "$ROOT/sipsidecar/testdata/register-auth.xml" -inf "$WORK/users.csv" \
 		-i 127.0.0.1 -p "$pport" -r "$RATE" -m $((RATE * SECS)) -l $((RATE * 2)) -nostdin -timeout $((SECS * 4))s \
 		-timeout_error -max_socket 2000 -buff_size 4194304
-	local sp=$LASTPID a1 b1 c1 t1 a2 b2 c2 t2
+	local sp=$LASTPID a1 b1 c1 d1=0 t1 a2 b2 c2 d2=0 t2
 	sleep 2
-	a1=$(ticks "$sc"); b1=$(ticks "$gw"); c1=$(ticks "$sp"); t1=$(date +%s.%N)
+	a1=$(ticks "$sc"); b1=$(ticks "$gw"); c1=$(ticks "$sp"); [ -z "$rd" ] || d1=$(ticks "$rd"); t1=$(date +%s.%N)
 	sleep $((SECS - 4))
-	a2=$(ticks "$sc"); b2=$(ticks "$gw"); c2=$(ticks "$sp"); t2=$(date +%s.%N)
+	a2=$(ticks "$sc"); b2=$(ticks "$gw"); c2=$(ticks "$sp"); [ -z "$rd" ] || d2=$(ticks "$rd"); t2=$(date +%s.%N)
 	wait "$sp" 2>/dev/null || true
 	local failed achieved
 	failed=$(grep -E "Failed call" "$WORK/sipp.log" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
 	achieved=$(grep -E "Call Rate" "$WORK/sipp.log" | tail -1 | awk -F'|' '{print $3+0}')
-	python3 -c "d=($t2-$t1)*$HZ/100; print(f'{($a2-$a1)/d:.1f} {($b2-$b1)/d:.1f} {($c2-$c1)/d:.1f} ${failed:-?} ${achieved:-?}')"
+	python3 -c "d=($t2-$t1)*$HZ/100; print(f'{($a2-$a1)/d:.1f} {($b2-$b1)/d:.1f} {($c2-$c1)/d:.1f} ${failed:-?} ${achieved:-?} {($d2-$d1)/d:.1f}')"
 	for p in "$sc" "$gw" "$sp" $rd; do kill -9 -- -"$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 	rm -rf "$WORK/gw"
 }
 
 echo "rate $RATE/s for ${SECS}s, CPU in % of one core over the middle $((SECS - 4))s$([ "$REDIS" = 1 ] && echo ", Redis store")"
-echo "binary sidecar gateway sipp failed-calls achieved/s"
+echo "binary sidecar gateway sipp failed-calls achieved/s redis"
 for _ in $(seq "$ROUNDS"); do
 	for b in "$@"; do
 		echo "$b $(run "$b")"
 	done
 done | tee "$WORK/runs"
-awk -v rate="$RATE" '{s[$1]+=$2; g[$1]+=$3; n[$1]++} END {for (k in s) printf "%s: mean sidecar %.1f%% (%.1f µs/registration), gateway %.1f%% (%.1f µs)\n", k, s[k]/n[k], s[k]/n[k]*1e4/rate, g[k]/n[k], g[k]/n[k]*1e4/rate}' "$WORK/runs"
+awk -v rate="$RATE" -v redis="$REDIS" '{s[$1]+=$2; g[$1]+=$3; r[$1]+=$7; n[$1]++} END {for (k in s) {printf "%s: mean sidecar %.1f%% (%.1f µs/registration), gateway %.1f%% (%.1f µs)", k, s[k]/n[k], s[k]/n[k]*1e4/rate, g[k]/n[k], g[k]/n[k]*1e4/rate; if (redis == 1) printf ", redis-server %.1f%% (%.1f µs)", r[k]/n[k], r[k]/n[k]*1e4/rate; printf "\n"}}' "$WORK/runs"

@@ -3,7 +3,10 @@ package location
 // Redis key layout (prefix default "sipsidecar:"; every key starts with it):
 //
 //	<prefix>aor:<aor>      hash: binding key (Contact URI, or "instance:<+sip.instance>")
-//	                       → binding JSON (the Binding struct's json tags)
+//	                       → binding JSON (the Binding struct's json tags); and two fields
+//	                       no binding key can be (every key holds a ':'): "rev", a random
+//	                       revision every write replaces, and "name", the name an Update
+//	                       last wrote for the AOR in <prefix>known
 //	<prefix>exp            sorted set: member AOR, score = the earliest ExpiresAt among its
 //	                       stored bindings (unix ms). Expire reads the AORs due from here
 //	                       (ZRANGEBYSCORE -inf now), never SCAN.
@@ -18,9 +21,10 @@ package location
 //	<prefix>ban:<ip>       string "1" while the address is banned (TTL)
 //
 // An AOR's hash and its two index entries change together: Update reads the hash and
-// writes with a compare-and-set script that applies only if the hash is still what was read
-// (Expire uses WATCH <aor key> / MULTI / EXEC): two REGISTERs (or two sidecars) racing on one
-// AOR never lose a binding, the loser retries on fresh data (bounded). An Update right after
+// writes with a compare-and-set script that applies only if the hash is still what was read:
+// its revision, or every field of a hash without one (written by an older sidecar). Expire
+// uses WATCH <aor key> / MULTI / EXEC and writes a new revision too. Two REGISTERs (or two
+// sidecars) racing on one AOR never lose a binding, the loser retries on fresh data (bounded). An Update right after
 // a Lookup of the same AOR (a challenge, then the authenticated REGISTER) starts from what
 // the Lookup read (recentReads) and reads only if the compare-and-set finds it out of date.
 // Expired bindings stay in the hash, hidden from Lookup and Update's fn, until an Expire call
@@ -102,11 +106,25 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
 
+// The AOR hash's own fields, beside the bindings. Neither holds a ':', so neither can be a
+// binding's key (a URI, or "instance:…").
+const (
+	revField  = "rev"  // random, replaced by every write: what Update's compare-and-set checks
+	nameField = "name" // the <prefix>known name that the last Update wrote ("" for HSETNX)
+)
+
+// newRev is a fresh revision for an AOR hash.
+func newRev() string { return strconv.FormatUint(rand.Uint64(), 36) }
+
 // decodeAll reads an AOR hash; an entry that does not decode is dropped (and so removed at
-// the next write).
+// the next write). The hash's own fields are never read as bindings: "name" holds a display
+// name, which a phone chooses.
 func decodeAll(m map[string]string) []Binding {
 	out := make([]Binding, 0, len(m))
-	for _, v := range m {
+	for f, v := range m {
+		if f == revField || f == nameField {
+			continue
+		}
 		if b, ok := decodeBinding(v); ok {
 			out = append(out, b)
 		}
@@ -124,7 +142,8 @@ func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, 
 		pipe.ZRem(ctx, r.prefix+"live", aor)
 		return nil
 	}
-	fields := make([]any, 0, 2*len(bs))
+	fields := make([]any, 0, 2+2*len(bs))
+	fields = append(fields, revField, newRev())
 	for _, b := range bs {
 		v, err := appendBinding(nil, b)
 		if err != nil {
@@ -226,34 +245,43 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 }
 
 // casSet writes an AOR's hash, its two index entries and its known name in one step, but
-// only if the hash still holds exactly what the writer read (compare and set): the
-// optimistic transaction of WATCH/MULTI/EXEC in one round trip instead of three, on any
-// pooled connection. It answers 1 when it wrote, 0 when the hash had changed.
-// KEYS: aor hash, exp, live, known. ARGV: aor, n, n read field/value pairs, m, m new
-// field/value pairs, then (m > 0) earliest and latest expiry ms, then the known mode
-// ("", "set" with a name, "setnx").
+// only if the hash is still what the writer read (compare and set): the optimistic
+// transaction of WATCH/MULTI/EXEC in one round trip instead of three, on any pooled
+// connection. What it compares is the hash's revision, or, for a hash without one (empty, or
+// written by an older sidecar), its length and every field. It answers 1 when it wrote, 0
+// when the hash had changed.
+// KEYS: aor hash, exp, live, known. ARGV: aor; the revision read, or "" then n and n read
+// field/value pairs; then "del", or "set", d and d fields to delete, m and m field/value
+// pairs to set (the revision's among them), and the earliest and latest expiry ms; then the
+// known mode ("", "set" with a name, "setnx").
 var casSet = redis.NewScript(`
-local n = tonumber(ARGV[2])
-if redis.call('HLEN', KEYS[1]) ~= n then return 0 end
 local i = 3
-for _ = 1, n do
-  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
-  i = i + 2
-end
-local m = tonumber(ARGV[i])
-i = i + 1
-redis.call('DEL', KEYS[1])
-if m == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
+if ARGV[2] ~= '' then
+  if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[2] then return 0 end
 else
-  local fields = {}
-  for _ = 1, m do
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
+  local n = tonumber(ARGV[3])
+  if redis.call('HLEN', KEYS[1]) ~= n then return 0 end
+  i = 4
+  for _ = 1, n do
+    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
     i = i + 2
   end
-  redis.call('HSET', KEYS[1], unpack(fields))
+end
+if ARGV[i] == 'del' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  i = i + 1
+else
+  local d = tonumber(ARGV[i + 1])
+  i = i + 2
+  if d > 0 then
+    redis.call('HDEL', KEYS[1], unpack(ARGV, i, i + d - 1))
+    i = i + d
+  end
+  local m = tonumber(ARGV[i])
+  redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + 2 * m))
+  i = i + 1 + 2 * m
   redis.call('ZADD', KEYS[2], ARGV[i], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[1])
   i = i + 2
@@ -266,14 +294,49 @@ end
 return 1`)
 
 // casArgs builds casSet's ARGV: what was read (read), what to store (stored, with both
-// indexes) and the known name of the live bindings (next).
+// indexes) and the known name of the live bindings (next). The known name is written only
+// when the hash's name field says it differs: a phone refreshing its registration under
+// the same name leaves <prefix>known alone.
 func casArgs(aor string, read map[string]string, stored, next []Binding) ([]any, error) {
-	args := make([]any, 0, 8+2*len(read)+2*len(stored))
-	args = append(args, aor, len(read))
-	for f, v := range read {
-		args = append(args, f, v)
+	args := make([]any, 0, 12+2*len(read)+2*len(stored))
+	args = append(args, aor)
+	if rev := read[revField]; rev != "" {
+		args = append(args, rev)
+	} else {
+		args = append(args, "", len(read))
+		for f, v := range read {
+			args = append(args, f, v)
+		}
 	}
-	args = append(args, len(stored))
+	mode, name := "", ""
+	if len(next) > 0 {
+		written, ok := read[nameField]
+		switch name = displayName(next, ""); {
+		case name != "" && !(ok && written == name):
+			mode = "set"
+		case name == "" && !ok:
+			mode = "setnx"
+		}
+	}
+	if len(stored) == 0 {
+		return append(args, "del", ""), nil
+	}
+	args = append(args, "set", 0)
+	d := len(args) - 1
+	for f := range read {
+		if f != revField && f != nameField && !hasKey(stored, f) {
+			args = append(args, f)
+		}
+	}
+	args[d] = len(args) - d - 1
+	pairs := 1 + len(stored)
+	if mode != "" {
+		pairs++
+	}
+	args = append(args, pairs, revField, newRev())
+	if mode != "" {
+		args = append(args, nameField, name)
+	}
 	for _, b := range stored {
 		v, err := appendBinding(nil, b)
 		if err != nil {
@@ -281,17 +344,10 @@ func casArgs(aor string, read map[string]string, stored, next []Binding) ([]any,
 		}
 		args = append(args, b.Key(), v)
 	}
-	if len(stored) > 0 {
-		first, last := bounds(stored)
-		args = append(args, first.UnixMilli(), last.UnixMilli())
-	}
-	switch name := displayName(next, ""); {
-	case len(next) == 0:
-		args = append(args, "")
-	case name != "":
-		args = append(args, "set", name)
-	default:
-		args = append(args, "setnx")
+	first, last := bounds(stored)
+	args = append(args, first.UnixMilli(), last.UnixMilli(), mode)
+	if mode == "set" {
+		args = append(args, name)
 	}
 	return args, nil
 }

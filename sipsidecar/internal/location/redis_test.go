@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -68,9 +71,13 @@ func TestRedisKeyLayout(t *testing.T) {
 	if err := s.UseNonce(ctx, "abc", 7, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	fields, _ := raw.HKeys(ctx, "sipsidecar:aor:201@pbx").Result()
-	if fmt.Sprint(fields) != "[sip:201@10.0.0.1 instance:<urn:uuid:1>]" && fmt.Sprint(fields) != "[instance:<urn:uuid:1> sip:201@10.0.0.1]" {
-		t.Fatalf("aor hash fields %v", fields)
+	fields, _ := raw.HGetAll(ctx, "sipsidecar:aor:201@pbx").Result()
+	keys := slices.Sorted(maps.Keys(fields))
+	if fmt.Sprint(keys) != "[instance:<urn:uuid:1> name rev sip:201@10.0.0.1]" {
+		t.Fatalf("aor hash fields %v", keys)
+	}
+	if fields["name"] != "Alice" || len(fields["rev"]) < 8 {
+		t.Fatalf("aor hash name %q, rev %q", fields["name"], fields["rev"])
 	}
 	if sc, _ := raw.ZScore(ctx, "sipsidecar:exp", "201@pbx").Result(); int64(sc) != t0.Add(time.Minute).UnixMilli() {
 		t.Fatalf("exp score %v, want the earliest expiry in ms", sc)
@@ -534,5 +541,150 @@ func TestRedisScriptsSurviveAFlush(t *testing.T) {
 		return []location.Binding{{AOR: "201@pbx", Contact: "sip:201@h", ExpiresAt: now.Add(time.Hour)}}, nil
 	}); err != nil {
 		t.Fatalf("Update after SCRIPT FLUSH: %v", err)
+	}
+}
+
+// A refresh under the same name, as a phone re-registering sends, costs Redis one revision
+// check, one HSET, and the two index updates: no length check, no field-by-field compare, no
+// DEL, and no write of the known name (INFO commandstats counts the script's own commands).
+func TestRedisRefreshWritesLittle(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	prefix := fmt.Sprintf("t%d:", prefixSeq.Add(1))
+	s := location.NewRedis(raw, prefix)
+	ctx := context.Background()
+	now := time.Now()
+	put := func(name string, contacts ...string) {
+		t.Helper()
+		if _, err := s.Update(ctx, "201@pbx", now, func([]location.Binding) ([]location.Binding, error) {
+			var bs []location.Binding
+			for _, c := range contacts {
+				bs = append(bs, location.Binding{Contact: c, ExpiresAt: now.Add(time.Hour), DisplayName: name})
+			}
+			return bs, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := func() map[string]int {
+		t.Helper()
+		info, err := raw.InfoMap(ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for k, v := range info["Commandstats"] {
+			var n int
+			if _, err := fmt.Sscanf(v, "calls=%d,", &n); err == nil {
+				out[strings.TrimPrefix(k, "cmdstat_")] = n
+			}
+		}
+		raw.ConfigResetStat(ctx)
+		return out
+	}
+	put("Alice", "sip:201@10.0.0.1", "sip:201@10.0.0.2")
+	calls()
+	put("Alice", "sip:201@10.0.0.1", "sip:201@10.0.0.2")
+	got := calls()
+	for cmd, want := range map[string]int{"hget": 1, "hset": 1, "zadd": 2, "hlen": 0, "del": 0, "hdel": 0, "hsetnx": 0} {
+		if got[cmd] != want {
+			t.Errorf("a refresh ran %s %d times, want %d (all: %v)", cmd, got[cmd], want, got)
+		}
+	}
+	// A new name is written, and a dropped contact deleted from the hash, still in one step.
+	put("Bob", "sip:201@10.0.0.1")
+	if got := calls(); got["hset"] != 2 || got["hdel"] != 1 || got["del"] != 0 {
+		t.Errorf("renaming and dropping a contact ran %v", got)
+	}
+	if name, _ := raw.HGet(ctx, prefix+"known", "201@pbx").Result(); name != "Bob" {
+		t.Fatalf("known name %q after the rename, want Bob", name)
+	}
+	if keys, _ := raw.HKeys(ctx, prefix+"aor:201@pbx").Result(); len(keys) != 3 {
+		t.Fatalf("hash fields %v after dropping a contact", keys)
+	}
+}
+
+// A hash written by an older sidecar has no revision: Update compares it field by field,
+// loses nothing written in between, and gives it a revision.
+func TestRedisUpdatesAHashWithoutRevision(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	s, prefix := openRedis(t, srv.URL())
+	ctx := context.Background()
+	now := time.Now()
+	key := prefix + "aor:201@pbx"
+	old := fmt.Sprintf(`{"aor":"201@pbx","contact":"sip:201@old","expires_at":%q}`, now.Add(time.Hour).Format(time.RFC3339Nano))
+	raw.HSet(ctx, key, "sip:201@old", old)
+	if bs, err := s.Lookup(ctx, "201@pbx", now); err != nil || len(bs) != 1 {
+		t.Fatalf("lookup of an old hash: %v %v", bs, err)
+	}
+	// The older sidecar writes again after our read (as its own compare-and-set would).
+	raw.HSet(ctx, key, "sip:201@other", strings.Replace(old, "sip:201@old", "sip:201@other", 1))
+	calls := 0
+	got, err := s.Update(ctx, "201@pbx", now, func(cur []location.Binding) ([]location.Binding, error) {
+		calls++
+		return append(cur, location.Binding{Contact: "sip:201@new", ExpiresAt: now.Add(time.Hour)}), nil
+	})
+	if err != nil || len(got) != 3 || calls != 2 {
+		t.Fatalf("update over a stale read of an old hash: %v %v after %d calls, want 3 bindings after 2", got, err, calls)
+	}
+	if rev, _ := raw.HGet(ctx, key, "rev").Result(); rev == "" {
+		t.Fatal("the hash has no revision after the update")
+	}
+}
+
+// Expire writes a new revision: an Update from a read taken before it starts again.
+func TestRedisExpireInvalidatesAKeptRead(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	s, _ := openRedis(t, srv.URL())
+	now := time.Now()
+	if _, err := s.Update(ctx, "201@pbx", now, func([]location.Binding) ([]location.Binding, error) {
+		return []location.Binding{
+			{Contact: "sip:201@soon", ExpiresAt: now.Add(time.Second)},
+			{Contact: "sip:201@later", ExpiresAt: now.Add(time.Hour)},
+		}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(ctx, "201@pbx", now); err != nil { // kept for the Update below
+		t.Fatal(err)
+	}
+	later := now.Add(2 * time.Second)
+	if gone, err := s.Expire(ctx, later, 0); err != nil || len(gone) != 1 {
+		t.Fatalf("expire: %v %v", gone, err)
+	}
+	calls := 0
+	got, err := s.Update(ctx, "201@pbx", later, func(cur []location.Binding) ([]location.Binding, error) {
+		calls++
+		return append(cur, location.Binding{Contact: "sip:201@new", ExpiresAt: later.Add(time.Hour)}), nil
+	})
+	if err != nil || len(got) != 2 || calls != 2 {
+		t.Fatalf("update after an expire: %v %v after %d calls, want 2 bindings after 2", got, err, calls)
+	}
+	// The expired binding is not brought back, nor reported twice.
+	if gone, err := s.Expire(ctx, later, 0); err != nil || len(gone) != 0 {
+		t.Fatalf("second expire: %v %v", gone, err)
+	}
+}
+
+// The name field holds a display name, which the phone chooses: one shaped like a binding
+// is never read as one.
+func TestRedisNameFieldIsNotABinding(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	ctx := context.Background()
+	s, _ := openRedis(t, srv.URL())
+	now := time.Now()
+	forged := fmt.Sprintf(`{"aor":"201@pbx","contact":"sip:evil@attacker","expires_at":%q}`, now.Add(time.Hour).Format(time.RFC3339Nano))
+	if _, err := s.Update(ctx, "201@pbx", now, func([]location.Binding) ([]location.Binding, error) {
+		return []location.Binding{{Contact: "sip:201@10.0.0.1", ExpiresAt: now.Add(time.Hour), DisplayName: forged}}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bs, err := s.Lookup(ctx, "201@pbx", now)
+	if err != nil || len(bs) != 1 || bs[0].Contact != "sip:201@10.0.0.1" {
+		t.Fatalf("lookup: %v %v", bs, err)
 	}
 }
