@@ -75,4 +75,17 @@ func TestSidecarCPUSmoke(t *testing.T) {
 	if !regexp.MustCompile(regexp.QuoteMeta(bin) + `: mean sidecar [\d.]+% \([1-9][\d.]* µs/registration\)`).MatchString(res) {
 		t.Errorf("no mean cost per registration:\n%s", res)
 	}
+	// With --redis it also reads redis-server's CPU: a Redis store that did work has some.
+	testenv.Require(t, "redis-server", "apt-get install -y redis-server")
+	out, err = exec.Command("./sidecar-cpu.sh", "-r", "500", "-s", "8", "-n", "1", "--redis", bin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench/sidecar-cpu.sh --redis: %v\n%s", err, out)
+	}
+	res = string(out)
+	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(bin) + ` [\d.]+ [\d.]+ [\d.]+ 0 [1-9][\d.]* [\d.]+$`).MatchString(res) {
+		t.Errorf("no run line with zero failed calls and redis-server's CPU:\n%s", res)
+	}
+	if !regexp.MustCompile(`, redis-server [\d.]+% \((0\.[1-9]|[1-9])[\d.]* µs\)`).MatchString(res) {
+		t.Errorf("no redis-server cost per registration:\n%s", res)
+	}
 }

@@ -35,9 +35,10 @@ export PATH="$PATH:/usr/sbin:/usr/local/go/bin"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ "$SMOKE" = 1 ]; then
-	DUR=1; WRK_CONN=8; SIP_RATES=${SIP_RATES:-200}; SIP_SECS=1; FAN_SIZES="50"; BENCHTIME=200x
+	DUR=1; WRK_CONN=8; SIP_RATES=${SIP_RATES:-200}; SIP_SECS=1; SIP_ROUNDS=1; HTTP_ROUNDS=2; FAN_SIZES="50"; BENCHTIME=200x
 else
 	DUR=10; WRK_CONN=64; SIP_RATES=${SIP_RATES:-4000 8000 12000 16000 18000 20000 22000 24000 28000 32000 36000 40000}; SIP_SECS=10
+	SIP_ROUNDS=${SIP_ROUNDS:-2}; HTTP_ROUNDS=${HTTP_ROUNDS:-3}
 	FAN_SIZES="1000 5000 10000"; BENCHTIME=2s
 fi
 # SIP_REGISTRARS picks the rows of part 2 (default all three).
@@ -206,11 +207,12 @@ say "|---|---|---:|---:|---:|---|"
 for store in memory "redis://127.0.0.1:$REDIS_PORT/3"; do
 	gateway "$store"
 	T=$(token 1000)
-	# Two rounds over the five routes, the better run of each kept: a drift of the shared
-	# machine over a minute then touches every route alike instead of one. Every route gets
+	# HTTP_ROUNDS rounds over the routes, the best run of each kept: a drift of the shared
+	# machine over a minute then touches every route alike instead of one (on the AMD VM
+	# single runs of one route moved by ±10%, so three rounds, not two). Every route gets
 	# the same request, token included, so the ratios compare the handling and not the size
 	# of what wrk sends and Caddy parses (without it the ceilings read 5-10% higher).
-	for round in 1 2; do
+	for round in $(seq "$HTTP_ROUNDS"); do
 		best r "$(wrkonce "$API/respond-ceiling" "Authorization: Bearer $T")"
 		best f "$(wrkonce "$GW/file/rec.wav" "Authorization: Bearer $T")"
 		best c "$(wrkonce "$API/check-media-access" "Authorization: Bearer $T")"
@@ -313,36 +315,58 @@ say ""
 say "Each call is REGISTER → 401 → REGISTER with Authorization → 200. A rate counts when SIPp ran it"
 say "for ${SIP_SECS}s with zero failed calls and zero unexpected messages and finished within 10% of"
 say "the time it asked for; rates tried: $SIP_RATES, then twice halfway between the last sustained and"
-say "the first failed step. The table gives the highest rate SIPp achieved over the sustained steps."
+say "the first failed step. The table gives the highest rate SIPp achieved over the sustained steps,"
+say "best of $SIP_ROUNDS rounds (each registrar's ladder once per round, the registrars in turn)."
 say ""
-say "| registrar | highest sustained registrations/s | ratio to Kamailio |"
-say "|---|---:|---|"
-K_RATE=0
-if [[ " $SIP_REGISTRARS " == *" kamailio "* ]]; then
-	KPORT=$(freeport)
-	sed "s/127.0.0.1:5090/127.0.0.1:$KPORT/" bench/kamailio.cfg >"$WORK/kamailio.cfg"
-	start kamailio kamailio -f "$WORK/kamailio.cfg" -DD -E -m 256 -M 16 -P "$WORK/kamailio.pid" -w "$WORK"
-	KPID=$LASTPID
-	sleep 1
-	K_RATE=$(sipprate "127.0.0.1:$KPORT")
-	stop "$KPID"
-	say "| Kamailio 5.6 (registrar + auth, usrloc in memory, 4 UDP children, 256 MB shm) | $K_RATE | 1.00× |"
-fi
+say "| registrar | highest sustained registrations/s | each round | ratio to Kamailio |"
+say "|---|---:|---|---|"
+# Every registrar climbs its ladder SIP_ROUNDS times, the rounds interleaved (Kamailio, memory,
+# Redis, then again) and the best round kept: on a shared VM one ladder can lose a fifth of
+# its rate to a slow minute, and interleaving hands such a minute to one round of one side
+# instead of deciding a ratio. Each round's rate is in the table.
+declare -A SIP_BEST SIP_ALL
+sipround() { # NAME RATE: keeps NAME's best rate and the list of all its rounds
+	local new=${2//[^0-9]/} old=${SIP_BEST[$1]:-0}
+	old=${old//[^0-9]/}
+	SIP_ALL[$1]="${SIP_ALL[$1]:+${SIP_ALL[$1]}, }$2"
+	# the higher rate; at a tie, "≥ N" (every step sustained) over "N"
+	if [ "$new" -gt "$old" ] || { [ "$new" = "$old" ] && [ "$2" != "$new" ]; }; then
+		SIP_BEST[$1]=$2
+	fi
+}
 gateway memory
+for round in $(seq "$SIP_ROUNDS"); do
+	echo "  round $round of $SIP_ROUNDS" >&2
+	if [[ " $SIP_REGISTRARS " == *" kamailio "* ]]; then
+		KPORT=$(freeport)
+		sed "s/127.0.0.1:5090/127.0.0.1:$KPORT/" bench/kamailio.cfg >"$WORK/kamailio.cfg"
+		start kamailio kamailio -f "$WORK/kamailio.cfg" -DD -E -m 256 -M 16 -P "$WORK/kamailio.pid" -w "$WORK"
+		KPID=$LASTPID
+		sleep 1
+		sipround kamailio "$(sipprate "127.0.0.1:$KPORT")"
+		stop "$KPID"
+	fi
+	for store in memory redis; do
+		[[ " $SIP_REGISTRARS " == *" $store "* ]] || continue
+		SPORT=$(freeport); HPORT=$(freeport)
+		redis_url=""
+		[ "$store" = redis ] && redis_url="redis://127.0.0.1:$REDIS_PORT/4"
+		start "sidecar-$store" env SIPSIDECAR_LISTEN="udp:127.0.0.1:$SPORT" SIPSIDECAR_HTTP_ADDR="127.0.0.1:$HPORT" \
+			SIPSIDECAR_AUTH_HOOK_URL="$API/sip/auth" SIPSIDECAR_REALM=softphone SIPSIDECAR_REDIS_URL="$redis_url" \
+			SIPSIDECAR_DIGEST_ALGORITHMS=MD5,SHA-256 SIPSIDECAR_RATE_LIMIT=1000000 SIPSIDECAR_RATE_BURST=1000000 \
+			SIPSIDECAR_NONCE_SECRET=bench-nonce-secret-0123456789 SIPSIDECAR_LOG_LEVEL=error bin/sipsidecar
+		SCPID=$LASTPID
+		waitport "$HPORT"
+		sipround "$store" "$(sipprate "127.0.0.1:$SPORT")"
+		stop "$SCPID"
+	done
+done
+K_RATE=${SIP_BEST[kamailio]:-0}
+[ -z "${SIP_BEST[kamailio]:-}" ] || say "| Kamailio 5.6 (registrar + auth, usrloc in memory, 4 UDP children, 256 MB shm) | $K_RATE | ${SIP_ALL[kamailio]} | 1.00× |"
 for store in memory redis; do
-	[[ " $SIP_REGISTRARS " == *" $store "* ]] || continue
-	SPORT=$(freeport); HPORT=$(freeport)
-	redis_url=""
-	[ "$store" = redis ] && redis_url="redis://127.0.0.1:$REDIS_PORT/4"
-	start "sidecar-$store" env SIPSIDECAR_LISTEN="udp:127.0.0.1:$SPORT" SIPSIDECAR_HTTP_ADDR="127.0.0.1:$HPORT" \
-		SIPSIDECAR_AUTH_HOOK_URL="$API/sip/auth" SIPSIDECAR_REALM=softphone SIPSIDECAR_REDIS_URL="$redis_url" \
-		SIPSIDECAR_DIGEST_ALGORITHMS=MD5,SHA-256 SIPSIDECAR_RATE_LIMIT=1000000 SIPSIDECAR_RATE_BURST=1000000 \
-		SIPSIDECAR_NONCE_SECRET=bench-nonce-secret-0123456789 SIPSIDECAR_LOG_LEVEL=error bin/sipsidecar
-	SCPID=$LASTPID
-	waitport "$HPORT"
-	S_RATE=$(sipprate "127.0.0.1:$SPORT")
-	stop "$SCPID"
-	say "| sipsidecar, $store store, callback answered by the gateway | $S_RATE | $(python3 -c "print(f'{${S_RATE//[^0-9]/}/max(${K_RATE//[^0-9]/},1):.2f}×')") |"
+	[ -n "${SIP_BEST[$store]:-}" ] || continue
+	S_RATE=${SIP_BEST[$store]}
+	say "| sipsidecar, $store store, callback answered by the gateway | $S_RATE | ${SIP_ALL[$store]} | $(python3 -c "print(f'{${S_RATE//[^0-9]/}/max(${K_RATE//[^0-9]/},1):.2f}×')") |"
 done
 stop "$GWPID"
 say ""
@@ -422,7 +446,7 @@ APIPATH=/pbxcore/api/module-softphone-backend/v1
 	if part 1; then
 		echo "- Token checks, each route: \`wrk -t2 -c$WRK_CONN -d${DUR}s --latency -H 'Authorization: Bearer <access token>' http://127.0.0.1:<port><route>\`,"
 		echo "  routes \`$APIPATH/respond-ceiling\`, \`/file/rec.wav\`, \`$APIPATH/check-media-access\`, \`/guard/rec.wav\`,"
-		echo "  \`/fal/rec.wav\`, \`/fa/rec.wav\`, \`/far/rec.wav\` (a 4 KiB file), two rounds in that order."
+		echo "  \`/fal/rec.wav\`, \`/fa/rec.wav\`, \`/far/rec.wav\` (a 4 KiB file), $HTTP_ROUNDS rounds in that order, the best run of each route kept."
 	fi
 	if part 2; then
 		echo "- SIP, each step: \`sipp 127.0.0.1:<port> -sf sipsidecar/testdata/register-auth.xml -inf users.csv -i 127.0.0.1 -p <port> -r <rate> -m <rate×$SIP_SECS> -l <rate×2> -nostdin -timeout $((SIP_SECS * 4 + 10))s -timeout_error -max_socket 2000 -buff_size 4194304 -trace_err -error_file sipp-errors.log\`;"

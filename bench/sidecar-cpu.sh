@@ -97,13 +97,13 @@ CF
 	local failed achieved
 	failed=$(grep -E "Failed call" "$WORK/sipp.log" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}')
 	achieved=$(grep -E "Call Rate" "$WORK/sipp.log" | tail -1 | awk -F'|' '{print $3+0}')
-	python3 -c "d=($t2-$t1)*$HZ/100; print(f'{($a2-$a1)/d:.1f} {($b2-$b1)/d:.1f} {($c2-$c1)/d:.1f} ${failed:-?} ${achieved:-?} {($d2-$d1)/d:.1f}')"
+	python3 -c "d=($t2-$t1)*$HZ/100; r=f' {($d2-$d1)/d:.1f}' if $REDIS else ''; print(f'{($a2-$a1)/d:.1f} {($b2-$b1)/d:.1f} {($c2-$c1)/d:.1f} ${failed:-?} ${achieved:-?}{r}')"
 	for p in "$sc" "$gw" "$sp" $rd; do kill -9 -- -"$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 	rm -rf "$WORK/gw"
 }
 
 echo "rate $RATE/s for ${SECS}s, CPU in % of one core over the middle $((SECS - 4))s$([ "$REDIS" = 1 ] && echo ", Redis store")"
-echo "binary sidecar gateway sipp failed-calls achieved/s redis"
+echo "binary sidecar gateway sipp failed-calls achieved/s$([ "$REDIS" = 1 ] && echo " redis-server")"
 for _ in $(seq "$ROUNDS"); do
 	for b in "$@"; do
 		echo "$b $(run "$b")"
