@@ -31,10 +31,10 @@ func TestBenchSmoke(t *testing.T) {
 	res := string(b)
 	checks := map[string]string{
 		"token check":        `\| memory \| file behind .softphone_guard. \| [1-9]\d* \|`,
-		"forward_auth":       `\| redis \| file behind .forward_auth. → .check-media-access. over loopback \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× unprotected, [\d.]+× the loopback ceiling \|`,
-		"forward_auth local": `\| memory \| file behind .forward_auth. \(.transport softphone., in-process\) → .check-media-access. \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× unprotected \|`,
-		"forward_auth ceil":  `\| memory \| file behind .forward_auth. → bare [^|]* \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× unprotected \|`,
-		"check ratio":        `\| memory \| .check-media-access., valid token \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× respond \|`,
+		"forward_auth":       `\| redis \| file behind .forward_auth. → .check-media-access. over loopback \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× unprotected( \(rounds [\d., ]+\))?; [\d.]+× the loopback ceiling( \(rounds [\d., ]+\))? \|`,
+		"forward_auth local": `\| memory \| file behind .forward_auth. \(.transport softphone., in-process\) → .check-media-access. \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× unprotected( \(rounds [\d., ]+\))? \|`,
+		"forward_auth ceil":  `\| memory \| file behind .forward_auth. → bare [^|]* \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× unprotected( \(rounds [\d., ]+\))? \|`,
+		"check ratio":        `\| memory \| .check-media-access., valid token \| [1-9]\d* \| [\d.]+ \| [\d.]+ \| [\d.]+× respond( \(rounds [\d., ]+\))? \|`,
 		"kamailio rate":      `\| Kamailio [^|]* \| (≥ )?[1-9]\d* \|`,
 		"sidecar rate":       `\| sipsidecar, memory store[^|]* \| (≥ )?[1-9]\d* \|`,
 		"sidecar redis rate": `\| sipsidecar, redis store[^|]* \| (≥ )?[1-9]\d* \|`,

@@ -159,11 +159,28 @@ token() {
 }
 
 # best NAME "rps p50 p99": keeps in $best_NAME the run with the higher rate (the cores are
-# shared with the load generator, so single runs wander by ±10%)
+# shared with the load generator, so single runs wander by ±10%), and appends the rate to
+# $runs_NAME, one per round, for the paired ratios (see pratio)
 best() {
-	local var=best_$1 cur
+	local var=best_$1 runs=runs_$1 cur
 	cur=${!var:-}
 	if [ -z "$cur" ] || [ "${2%% *}" -gt "${cur%% *}" ]; then printf -v "$var" '%s' "$2"; fi
+	printf -v "$runs" '%s' "${!runs:-}${!runs:+ }${2%% *}"
+}
+
+# pratio "RATES" "REFERENCE RATES" WHAT: the median over the rounds of each round's ratio of
+# a route to its reference, measured a few seconds apart in the same round, with every
+# round's ratio: a slow minute of the shared machine then lowers both sides of one round's
+# ratio instead of one side of the ratio of two best runs.
+pratio() {
+	python3 - "$1" "$2" "$3" <<'PY'
+import statistics, sys
+xs, refs, what = [float(v) for v in sys.argv[1].split()], [float(v) for v in sys.argv[2].split()], sys.argv[3]
+rs = [x / r for x, r in zip(xs, refs)]
+m = statistics.median(rs)
+each = ", ".join(f"{r:.3f}" for r in rs)
+print(f"{m:.4f}× {what}" + (f" (rounds {each})" if len(rs) > 1 else ""))
+PY
 }
 
 wrkonce() {
@@ -202,6 +219,9 @@ if part 1; then
 echo "1. token checks" >&2
 say "## 1. Token check (HTTP, wrk -t2 -c$WRK_CONN -d${DUR}s, on the same 2 cores)"
 say ""
+say "Each route ran $HTTP_ROUNDS times, the routes in turn. Requests/s and latency are from a route's best run;"
+say "the ratio is the median of the rounds' ratios, each of two runs in the same round (every round's in brackets)."
+say ""
 say "| store | route | requests/s | p50 ms | p99 ms | ratio |"
 say "|---|---|---:|---:|---:|---|"
 for store in memory "redis://127.0.0.1:$REDIS_PORT/3"; do
@@ -228,16 +248,15 @@ for store in memory "redis://127.0.0.1:$REDIS_PORT/3"; do
 	read -r a_rps a_p50 a_p99 <<<"$best_a"
 	read -r l_rps l_p50 l_p99 <<<"$best_l"
 	read -r e_rps e_p50 e_p99 <<<"$best_e"
-	unset best_r best_f best_c best_g best_a best_l best_e
 	name=${store%%:*}
-	ratio() { python3 -c "print(f'{$1/$2:.2f}× $3')"; }
 	say "| $name | \`respond\` (Caddy's ceiling) | $r_rps | $r_p50 | $r_p99 | 1.00× respond |"
-	say "| $name | file, unprotected | $f_rps | $f_p50 | $f_p99 | $(ratio "$f_rps" "$r_rps" respond) |"
-	say "| $name | \`check-media-access\`, valid token | $c_rps | $c_p50 | $c_p99 | $(ratio "$c_rps" "$r_rps" respond) |"
-	say "| $name | file behind \`softphone_guard\` | $g_rps | $g_p50 | $g_p99 | $(ratio "$g_rps" "$f_rps" unprotected) |"
-	say "| $name | file behind \`forward_auth\` (\`transport softphone\`, in-process) → \`check-media-access\` | $l_rps | $l_p50 | $l_p99 | $(ratio "$l_rps" "$f_rps" unprotected) |"
-	say "| $name | file behind \`forward_auth\` → \`check-media-access\` over loopback | $a_rps | $a_p50 | $a_p99 | $(ratio "$a_rps" "$f_rps" unprotected), $(ratio "$a_rps" "$e_rps" "the loopback ceiling") |"
-	say "| $name | file behind \`forward_auth\` → bare \`respond 200\` over loopback (the loopback ceiling) | $e_rps | $e_p50 | $e_p99 | $(ratio "$e_rps" "$f_rps" unprotected) |"
+	say "| $name | file, unprotected | $f_rps | $f_p50 | $f_p99 | $(pratio "$runs_f" "$runs_r" respond) |"
+	say "| $name | \`check-media-access\`, valid token | $c_rps | $c_p50 | $c_p99 | $(pratio "$runs_c" "$runs_r" respond) |"
+	say "| $name | file behind \`softphone_guard\` | $g_rps | $g_p50 | $g_p99 | $(pratio "$runs_g" "$runs_f" unprotected) |"
+	say "| $name | file behind \`forward_auth\` (\`transport softphone\`, in-process) → \`check-media-access\` | $l_rps | $l_p50 | $l_p99 | $(pratio "$runs_l" "$runs_f" unprotected) |"
+	say "| $name | file behind \`forward_auth\` → \`check-media-access\` over loopback | $a_rps | $a_p50 | $a_p99 | $(pratio "$runs_a" "$runs_f" unprotected); $(pratio "$runs_a" "$runs_e" "the loopback ceiling") |"
+	say "| $name | file behind \`forward_auth\` → bare \`respond 200\` over loopback (the loopback ceiling) | $e_rps | $e_p50 | $e_p99 | $(pratio "$runs_e" "$runs_f" unprotected) |"
+	unset best_r best_f best_c best_g best_a best_l best_e runs_r runs_f runs_c runs_g runs_a runs_l runs_e
 	stop "$GWPID"
 done
 say ""
@@ -366,7 +385,17 @@ K_RATE=${SIP_BEST[kamailio]:-0}
 for store in memory redis; do
 	[ -n "${SIP_BEST[$store]:-}" ] || continue
 	S_RATE=${SIP_BEST[$store]}
-	say "| sipsidecar, $store store, callback answered by the gateway | $S_RATE | ${SIP_ALL[$store]} | $(python3 -c "print(f'{${S_RATE//[^0-9]/}/max(${K_RATE//[^0-9]/},1):.2f}×')") |"
+	say "| sipsidecar, $store store, callback answered by the gateway | $S_RATE | ${SIP_ALL[$store]} | $(python3 - "$S_RATE" "$K_RATE" "${SIP_ALL[$store]}" "${SIP_ALL[kamailio]:-}" <<'PY'
+import re, sys
+num = lambda v: int(re.sub(r"[^0-9]", "", v) or 0)
+best, kbest, rounds, krounds = sys.argv[1:]
+line = f"{num(best) / max(num(kbest), 1):.2f}×"
+pairs = [(num(a), num(b)) for a, b in zip(rounds.split(","), krounds.split(",")) if num(b)]
+if len(pairs) > 1:
+    line += " (each round against that round's Kamailio: " + ", ".join(f"{a / b:.2f}×" for a, b in pairs) + ")"
+print(line)
+PY
+) |"
 done
 stop "$GWPID"
 say ""
