@@ -24,9 +24,10 @@ package location
 // writes with a compare-and-set script that applies only if the hash is still what was read:
 // its revision, or every field of a hash without one (written by an older sidecar). Expire
 // uses WATCH <aor key> / MULTI / EXEC and writes a new revision too. Two REGISTERs (or two
-// sidecars) racing on one AOR never lose a binding, the loser retries on fresh data (bounded). An Update right after
-// a Lookup of the same AOR (a challenge, then the authenticated REGISTER) starts from what
-// the Lookup read (recentReads) and reads only if the compare-and-set finds it out of date.
+// sidecars) racing on one AOR never lose a binding, the loser retries on fresh data
+// (bounded). An Update right after a Lookup of the same AOR (a challenge, then the
+// authenticated REGISTER) starts from what the Lookup read (recentReads) and reads only if
+// the compare-and-set finds it out of date.
 // Expired bindings stay in the hash, hidden from Lookup and Update's fn, until an Expire call
 // removes and reports them, once.
 

@@ -426,6 +426,17 @@ func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 
 // The challenge's NAT-refresh lookup and the authenticated REGISTER's update: the update
 // starts from what the lookup read instead of reading the hash again.
+// adding is an Update fn that appends contact, live for an hour from now, and counts its
+// runs in *calls (when calls is not nil).
+func adding(contact string, now time.Time, calls *int) func([]location.Binding) ([]location.Binding, error) {
+	return func(cur []location.Binding) ([]location.Binding, error) {
+		if calls != nil {
+			*calls++
+		}
+		return append(cur, location.Binding{Contact: contact, ExpiresAt: now.Add(time.Hour)}), nil
+	}
+}
+
 func TestRedisUpdateAfterLookupReadsOnce(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
@@ -436,9 +447,7 @@ func TestRedisUpdateAfterLookupReadsOnce(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	add := func(contact string) func([]location.Binding) ([]location.Binding, error) {
-		return func(cur []location.Binding) ([]location.Binding, error) {
-			return append(cur, location.Binding{Contact: contact, ExpiresAt: now.Add(time.Hour)}), nil
-		}
+		return adding(contact, now, nil)
 	}
 	if _, err := s.Update(ctx, "201@pbx", now, add("sip:201@10.0.0.1")); err != nil {
 		t.Fatal(err)
@@ -481,9 +490,7 @@ func TestRedisStaleKeptReadLosesNothing(t *testing.T) {
 	defer b.Close()
 	now := time.Now()
 	add := func(contact string) func([]location.Binding) ([]location.Binding, error) {
-		return func(cur []location.Binding) ([]location.Binding, error) {
-			return append(cur, location.Binding{Contact: contact, ExpiresAt: now.Add(time.Hour)}), nil
-		}
+		return adding(contact, now, nil)
 	}
 	for round, aor := range []string{"empty@pbx", "full@pbx"} {
 		if round == 1 {
@@ -498,10 +505,7 @@ func TestRedisStaleKeptReadLosesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		calls := 0
-		got, err := a.Update(ctx, aor, now, func(cur []location.Binding) ([]location.Binding, error) {
-			calls++
-			return add("sip:mine")(cur)
-		})
+		got, err := a.Update(ctx, aor, now, adding("sip:mine", now, &calls))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -623,10 +627,7 @@ func TestRedisUpdatesAHashWithoutRevision(t *testing.T) {
 	// The older sidecar writes again after our read (as its own compare-and-set would).
 	raw.HSet(ctx, key, "sip:201@other", strings.Replace(old, "sip:201@old", "sip:201@other", 1))
 	calls := 0
-	got, err := s.Update(ctx, "201@pbx", now, func(cur []location.Binding) ([]location.Binding, error) {
-		calls++
-		return append(cur, location.Binding{Contact: "sip:201@new", ExpiresAt: now.Add(time.Hour)}), nil
-	})
+	got, err := s.Update(ctx, "201@pbx", now, adding("sip:201@new", now, &calls))
 	if err != nil || len(got) != 3 || calls != 2 {
 		t.Fatalf("update over a stale read of an old hash: %v %v after %d calls, want 3 bindings after 2", got, err, calls)
 	}
@@ -657,10 +658,7 @@ func TestRedisExpireInvalidatesAKeptRead(t *testing.T) {
 		t.Fatalf("expire: %v %v", gone, err)
 	}
 	calls := 0
-	got, err := s.Update(ctx, "201@pbx", later, func(cur []location.Binding) ([]location.Binding, error) {
-		calls++
-		return append(cur, location.Binding{Contact: "sip:201@new", ExpiresAt: later.Add(time.Hour)}), nil
-	})
+	got, err := s.Update(ctx, "201@pbx", later, adding("sip:201@new", later, &calls))
 	if err != nil || len(got) != 2 || calls != 2 {
 		t.Fatalf("update after an expire: %v %v after %d calls, want 2 bindings after 2", got, err, calls)
 	}
