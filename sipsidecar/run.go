@@ -72,9 +72,17 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 		}
 		return float64(len(aors))
 	})
+	// The SIP server is made below, and serves (so that verdicts come) only after that.
+	var srv *sipserver.Server
 	hook, err := authhook.New(authhook.Options{URL: cfg.HookURL, Secret: cfg.HookSecret, Username: cfg.HookUsername,
 		Password: cfg.HookPassword, Timeout: cfg.HookTimeout, Concurrency: cfg.HookConcurrency,
-		BatchWait: cfg.HookBatchWait})
+		BatchWait: cfg.HookBatchWait,
+		// A batch's UDP answers leave together: one sendmmsg instead of a sendto each.
+		HandOut: func(deliver func()) {
+			held := srv.HoldAnswers()
+			defer held.Release()
+			deliver()
+		}})
 	if err != nil {
 		return err
 	}
@@ -123,7 +131,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 			return reg.HandleLater(ctx, req, source(req), w, done)
 		}
 	}
-	srv := sipserver.New(sipserver.Options{
+	srv = sipserver.New(sipserver.Options{
 		Handler:          func(req *sip.Request, w *bytes.Buffer) int { return reg.Handle(ctx, req, source(req), w) },
 		Workers:          cfg.Workers,
 		Logger:           log.With("component", "sip"),

@@ -79,6 +79,8 @@ type Client struct {
 	maxBatch  int
 	batch     atomic.Int32 // callbacks per request the hook takes; <= 1: one at a time
 
+	handOut func(deliver func())
+
 	batches *coalesce.Queue[*pending] // callbacks waiting for a batch
 	posts   atomic.Uint64             // HTTP requests sent
 }
@@ -106,7 +108,11 @@ type Options struct {
 	// BatchWait is how long a batch smaller than the hook takes waits for more callbacks,
 	// from its oldest one; 0 sends it as soon as a request can go.
 	BatchWait time.Duration
-	Now       func() time.Time
+	// HandOut, when set, runs deliver, which hands one batch's verdicts to their CheckLater
+	// callers one after the other: the sidecar holds its UDP answers back over it, so that
+	// they leave together.
+	HandOut func(deliver func())
+	Now     func() time.Time
 }
 
 // New returns a client.
@@ -144,6 +150,7 @@ func New(o Options) (*Client, error) {
 		timeout:   o.Timeout,
 		now:       o.Now,
 		maxBatch:  o.MaxBatch,
+		handOut:   o.HandOut,
 	}
 	c.batches = &coalesce.Queue[*pending]{
 		Send:      c.sendBatch,
@@ -388,17 +395,24 @@ func (c *Client) sendPart(batch []*pending, size int) {
 		outs = make([]outcome, len(batch))
 		err = decodeAnswers(raw, outs)
 	}
-	for i, p := range batch {
-		o := outcome{err: err}
-		if err == nil {
-			o = outs[i]
+	deliver := func() {
+		for i, p := range batch {
+			o := outcome{err: err}
+			if err == nil {
+				o = outs[i]
+			}
+			if then := p.then; then != nil {
+				p.body, p.then = nil, nil
+				pendings.Put(p)
+				then(o.v, o.err)
+				continue
+			}
+			p.done <- o
 		}
-		if then := p.then; then != nil {
-			p.body, p.then = nil, nil
-			pendings.Put(p)
-			then(o.v, o.err)
-			continue
-		}
-		p.done <- o
 	}
+	if c.handOut != nil {
+		c.handOut(deliver)
+		return
+	}
+	deliver()
 }

@@ -496,6 +496,52 @@ func TestCheckLater(t *testing.T) {
 		}
 	})
 
+	t.Run("HandOut wraps the hand-out of each batch's verdicts", func(t *testing.T) {
+		b := &batchHook{offer: "8"}
+		var mu sync.Mutex
+		inside, outside, handOuts := 0, 0, 0
+		handing := 0 // hand-outs under way (two senders may overlap)
+		c := client(t, Options{URL: hook(t, b.serve).URL, HandOut: func(deliver func()) {
+			mu.Lock()
+			handOuts++
+			handing++
+			mu.Unlock()
+			deliver()
+			mu.Lock()
+			handing--
+			mu.Unlock()
+		}})
+		if _, err := c.Check(context.Background(), named("ok-learn")); err != nil {
+			t.Fatal(err)
+		}
+		hold := b.holdNext(false) // the first batch waits, the rest queue behind it
+		l := newLater()
+		for i := range 12 {
+			name := "ok-" + strconv.Itoa(i)
+			c.CheckLater(named(name), func(v Verdict, err error) {
+				mu.Lock()
+				if handing > 0 {
+					inside++
+				} else {
+					outside++
+				}
+				mu.Unlock()
+				if err != nil || !v.OK || v.DisplayName != name {
+					t.Errorf("%s: %+v %v", name, v, err)
+				}
+				l.seen <- struct{}{}
+			})
+		}
+		time.Sleep(50 * time.Millisecond)
+		close(hold)
+		l.wait(t, 12)
+		mu.Lock()
+		defer mu.Unlock()
+		if inside != 12 || outside != 0 || handOuts < 2 || handOuts >= 12 {
+			t.Fatalf("%d verdicts inside HandOut, %d outside, %d hand-outs; want all 12 inside, in fewer hand-outs than verdicts", inside, outside, handOuts)
+		}
+	})
+
 	t.Run("a bad batch answer hands every caller an error", func(t *testing.T) {
 		b := &batchHook{offer: "8"}
 		c := client(t, Options{URL: hook(t, b.serve).URL})

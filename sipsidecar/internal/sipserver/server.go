@@ -3,8 +3,9 @@
 //
 // A registrar answers every request with one final response and keeps no dialog, so a
 // full transaction machine per request (sipgo's: a goroutine, a state machine and timers
-// that live 32 s) is mostly cost. Over UDP this package reads with a fixed set of workers,
-// parses with sipgo's parser, and keeps only what RFC 3261 §17.2.2 needs: a retransmitted
+// that live 32 s) is mostly cost. Over UDP this package reads and writes many datagrams to
+// a system call (recvmmsg, sendmmsg: outbox.go), with a fixed set of workers, parses with
+// sipgo's parser, and keeps only what RFC 3261 §17.2.2 needs: a retransmitted
 // request whose transaction is still being handled is absorbed, and one whose transaction
 // completed gets the same response bytes again for Timer J (32 s). TCP and WebSocket go
 // through sipgo's transport layer (connection handling, stream framing); they are reliable,
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"golang.org/x/net/ipv4"
 )
 
 // Handler writes its answer to req into w, a whole SIP message, and returns its status code;
@@ -75,6 +77,9 @@ type Server struct {
 	parser  *sip.Parser
 	tx      *txCache
 
+	boxMu sync.Mutex
+	boxes atomic.Pointer[[]*outbox] // one per UDP socket served
+
 	tp      *sip.TransportLayer // TCP and WebSocket
 	streams chan struct{}       // stream requests being handled
 	running sync.WaitGroup      // handlers under way
@@ -103,7 +108,8 @@ func New(o Options) *Server {
 	return s
 }
 
-// ServeUDP reads requests from pc until it is closed: a few readers parse datagrams and
+// ServeUDP reads requests from pc until it is closed: a few readers read up to readBatch
+// datagrams at a time, send the answers they give together, parse datagrams and
 // answer retransmissions, answer the new requests Inline picks themselves, hand the others
 // to Later when it is set, and else to one of Workers workers, with as many again waiting. Beyond that a
 // request is dropped (the phone retransmits), so a flood cannot pile up work, and readers
@@ -113,6 +119,9 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	// A burst of answers from a batch of verdicts brings a burst of requests back: room
 	// for a few thousand datagrams (the kernel caps it at net.core.rmem_max).
 	pc.SetReadBuffer(udpReadBuffer)
+	bc := newBatchConn(pc)
+	box := newOutbox(bc, s.log)
+	s.addOutbox(box)
 	// Long-lived workers rather than a goroutine per request: a new goroutine grows its
 	// stack through the registrar, the store and the hook client again every time (6% of
 	// the CPU at 14,000 REGISTERs/s).
@@ -125,7 +134,7 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	for range nworkers {
 		workers.Go(func() {
 			for j := range jobs {
-				s.udpRequest(pc, j.req, j.from, j.key)
+				s.udpRequest(box, j.req, j.from, j.key)
 				s.running.Done()
 			}
 		})
@@ -134,7 +143,7 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	readers := max(2, runtime.GOMAXPROCS(0))
 	errs := make(chan error, readers)
 	for range readers {
-		wg.Go(func() { errs <- s.readUDP(pc, jobs) })
+		wg.Go(func() { errs <- s.readUDP(bc, box, jobs) })
 	}
 	wg.Wait()
 	close(jobs)
@@ -160,10 +169,16 @@ type udpJob struct {
 	key  string
 }
 
-func (s *Server) readUDP(pc *net.UDPConn, jobs chan<- udpJob) error {
-	buf := make([]byte, maxDatagram+1)
+// readUDP reads up to readBatch datagrams at a time and handles them, holding box back
+// meanwhile so that their answers leave together.
+func (s *Server) readUDP(bc batchConn, box *outbox, jobs chan<- udpJob) error {
+	var msgs [readBatch]ipv4.Message
+	buf := make([]byte, readBatch*(maxDatagram+1))
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{buf[i*(maxDatagram+1) : (i+1)*(maxDatagram+1)]}
+	}
 	for {
-		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		n, err := bc.ReadBatch(msgs[:], 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
@@ -174,12 +189,25 @@ func (s *Server) readUDP(pc *net.UDPConn, jobs chan<- udpJob) error {
 			}
 			return err
 		}
-		s.datagram(pc, jobs, buf[:n], from.Addr().Unmap(), from.Port())
+		box.hold()
+		for i := range n {
+			m := &msgs[i]
+			from, ok := m.Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(from.IP)
+			if !ok {
+				continue
+			}
+			s.datagram(box, jobs, m.Buffers[0][:m.N], ip.Unmap().WithZone(from.Zone), uint16(from.Port))
+		}
+		box.release()
 	}
 }
 
 // datagram reads one UDP datagram and starts its handling.
-func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip netip.Addr, port uint16) {
+func (s *Server) datagram(box *outbox, jobs chan<- udpJob, data []byte, ip netip.Addr, port uint16) {
 	if len(bytes.Trim(data, "\r\n\x00 \t")) == 0 {
 		return // keep-alive (RFC 5626 §3.5.1 CRLF, or padding)
 	}
@@ -206,7 +234,7 @@ func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip n
 			return
 		case repeat:
 			s.onRetx("repeated")
-			pc.WriteToUDPAddrPort(answer, responseAddr(req, from))
+			box.send(answer, nil, responseAddr(req, from))
 			return
 		}
 	}
@@ -220,7 +248,7 @@ func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip n
 			return
 		}
 		s.running.Add(1)
-		s.udpRequest(pc, req, from, key)
+		s.udpRequest(box, req, from, key)
 		s.running.Done()
 		return
 	}
@@ -231,7 +259,7 @@ func (s *Server) datagram(pc *net.UDPConn, jobs chan<- udpJob, data []byte, ip n
 		}
 		s.running.Add(1)
 		s.waiting.Add(1)
-		s.udpLater(pc, req, from, key)
+		s.udpLater(box, req, from, key)
 		return
 	}
 	s.running.Add(1)
@@ -254,18 +282,17 @@ func (s *Server) shed(key string) {
 var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // udpRequest handles a new request and sends (and remembers) its answer.
-func (s *Server) udpRequest(pc *net.UDPConn, req *sip.Request, from netip.AddrPort, key string) {
+func (s *Server) udpRequest(box *outbox, req *sip.Request, from netip.AddrPort, key string) {
 	out := buffers.Get().(*bytes.Buffer)
-	defer buffers.Put(out)
 	out.Reset()
-	s.sendUDP(pc, req, from, key, out, s.handler(req, out))
+	s.sendUDP(box, req, from, key, out, s.handler(req, out))
 }
 
 // udpLater hands a new request to Later; its answer is sent when it comes.
-func (s *Server) udpLater(pc *net.UDPConn, req *sip.Request, from netip.AddrPort, key string) {
+func (s *Server) udpLater(box *outbox, req *sip.Request, from netip.AddrPort, key string) {
 	out := buffers.Get().(*bytes.Buffer)
 	out.Reset()
-	l := &laterUDP{s: s, pc: pc, req: req, from: from, key: key, out: out}
+	l := &laterUDP{s: s, box: box, req: req, from: from, key: key, out: out}
 	if code := s.later(req, out, l.done); code >= 0 {
 		l.done(code)
 	}
@@ -274,7 +301,7 @@ func (s *Server) udpLater(pc *net.UDPConn, req *sip.Request, from netip.AddrPort
 // laterUDP is a request waiting for its answer from Later.
 type laterUDP struct {
 	s    *Server
-	pc   *net.UDPConn
+	box  *outbox
 	req  *sip.Request
 	from netip.AddrPort
 	key  string
@@ -282,18 +309,19 @@ type laterUDP struct {
 }
 
 func (l *laterUDP) done(code int) {
-	l.s.sendUDP(l.pc, l.req, l.from, l.key, l.out, code)
-	buffers.Put(l.out)
+	l.s.sendUDP(l.box, l.req, l.from, l.key, l.out, code)
 	l.s.waiting.Add(-1)
 	l.s.running.Done()
 }
 
-// sendUDP sends (and remembers) the answer with code in out; 0 sends nothing.
-func (s *Server) sendUDP(pc *net.UDPConn, req *sip.Request, from netip.AddrPort, key string, out *bytes.Buffer, code int) {
+// sendUDP sends (and remembers) the answer with code in out; 0 sends nothing. out is the
+// outbox's from here: back to the pool once sent.
+func (s *Server) sendUDP(box *outbox, req *sip.Request, from netip.AddrPort, key string, out *bytes.Buffer, code int) {
 	if code == 0 {
 		if key != "" {
 			s.tx.finish(key, nil, s.now())
 		}
+		buffers.Put(out)
 		return
 	}
 	if out.Len() > maxDatagram {
@@ -301,6 +329,7 @@ func (s *Server) sendUDP(pc *net.UDPConn, req *sip.Request, from netip.AddrPort,
 		if key != "" {
 			s.tx.abandon(key)
 		}
+		buffers.Put(out)
 		return
 	}
 	// Remembered before it is sent: a retransmission that crosses the answer on the wire
@@ -312,8 +341,42 @@ func (s *Server) sendUDP(pc *net.UDPConn, req *sip.Request, from netip.AddrPort,
 			s.tx.abandon(key)
 		}
 	}
-	if _, err := pc.WriteToUDPAddrPort(out.Bytes(), responseAddr(req, from)); err != nil {
-		s.log.Debug("sending answer", "err", err)
+	box.send(out.Bytes(), out, responseAddr(req, from))
+}
+
+func (s *Server) addOutbox(box *outbox) {
+	s.boxMu.Lock()
+	defer s.boxMu.Unlock()
+	var boxes []*outbox
+	if p := s.boxes.Load(); p != nil {
+		boxes = append(boxes, *p...)
+	}
+	boxes = append(boxes, box)
+	s.boxes.Store(&boxes)
+}
+
+// Held is UDP answers held back by HoldAnswers.
+type Held struct{ boxes []*outbox }
+
+// HoldAnswers holds back the UDP answers sent from now on (by any goroutine) until Release,
+// so that they leave in as few system calls as possible: the goroutine that hands out a
+// batch of hook verdicts, whose done calls each send one answer, holds them over the
+// hand-out. Every Release sends all that waits, whoever else holds.
+func (s *Server) HoldAnswers() Held {
+	p := s.boxes.Load()
+	if p == nil {
+		return Held{}
+	}
+	for _, b := range *p {
+		b.hold()
+	}
+	return Held{boxes: *p}
+}
+
+// Release ends the hold and sends what it held.
+func (h Held) Release() {
+	for _, b := range h.boxes {
+		b.release()
 	}
 }
 
