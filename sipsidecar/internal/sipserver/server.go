@@ -309,8 +309,11 @@ type laterUDP struct {
 }
 
 func (l *laterUDP) done(code int) {
-	l.s.sendUDP(l.box, l.req, l.from, l.key, l.out, code)
+	// No longer waiting once its answer is in hand, before that answer leaves: the phone
+	// that gets it (or another goroutine that sends it along with its own) may send the
+	// next request before this goroutine goes on, and that one must not be shed for it.
 	l.s.waiting.Add(-1)
+	l.s.sendUDP(l.box, l.req, l.from, l.key, l.out, code)
 	l.s.running.Done()
 }
 
