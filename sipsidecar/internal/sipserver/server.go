@@ -119,8 +119,7 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	// A burst of answers from a batch of verdicts brings a burst of requests back: room
 	// for a few thousand datagrams (the kernel caps it at net.core.rmem_max).
 	pc.SetReadBuffer(udpReadBuffer)
-	bc := newBatchConn(pc)
-	box := newOutbox(bc, s.log)
+	box := newOutbox(newBatchConn(pc), s.log)
 	s.addOutbox(box)
 	// Long-lived workers rather than a goroutine per request: a new goroutine grows its
 	// stack through the registrar, the store and the hook client again every time (6% of
@@ -143,7 +142,7 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 	readers := max(2, runtime.GOMAXPROCS(0))
 	errs := make(chan error, readers)
 	for range readers {
-		wg.Go(func() { errs <- s.readUDP(bc, box, jobs) })
+		wg.Go(func() { errs <- s.readUDP(box, jobs) })
 	}
 	wg.Wait()
 	close(jobs)
@@ -169,16 +168,16 @@ type udpJob struct {
 	key  string
 }
 
-// readUDP reads up to readBatch datagrams at a time and handles them, holding box back
-// meanwhile so that their answers leave together.
-func (s *Server) readUDP(bc batchConn, box *outbox, jobs chan<- udpJob) error {
+// readUDP reads up to readBatch datagrams at a time from box's socket and handles them,
+// holding box back meanwhile so that their answers leave together.
+func (s *Server) readUDP(box *outbox, jobs chan<- udpJob) error {
 	var msgs [readBatch]ipv4.Message
 	buf := make([]byte, readBatch*(maxDatagram+1))
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{buf[i*(maxDatagram+1) : (i+1)*(maxDatagram+1)]}
 	}
 	for {
-		n, err := bc.ReadBatch(msgs[:], 0)
+		n, err := box.bc.ReadBatch(msgs[:], 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
