@@ -43,6 +43,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 		if err != nil {
 			return err
 		}
+		r.KeepAORs(cfg.RedisCacheAORs)
 		store, bans = r, r.Bans()
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if err := r.Ping(pctx); err != nil {

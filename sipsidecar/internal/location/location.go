@@ -44,6 +44,14 @@ func (b Binding) Key() string {
 // Live reports whether the binding has not expired at now.
 func (b Binding) Live(now time.Time) bool { return now.Before(b.ExpiresAt) }
 
+// Count is the digest nonce count an authenticated REGISTER carries, which UpdateCounted
+// records with its write. A Count without a Nonce records nothing.
+type Count struct {
+	Nonce string
+	NC    uint64
+	TTL   time.Duration // how long the record lives
+}
+
 // Errors callers branch on.
 var (
 	ErrReplay      = errors.New("location: nonce count not increasing")
@@ -70,6 +78,20 @@ type Store interface {
 	Known(ctx context.Context) (map[string]string, error)
 	// AORs returns the AORs with at least one live binding at now.
 	AORs(ctx context.Context, now time.Time) ([]string, error)
+	// UpdateCounted is Update for an authenticated REGISTER: it also records c's nonce count
+	// (as UseNonce does) in the same step as the write, so the count is taken exactly when
+	// fn's bindings are stored. ErrReplay, with nothing stored, when c.NC is not above the
+	// nonce's last count. An error from fn comes first and records nothing. A zero Count is
+	// Update.
+	UpdateCounted(ctx context.Context, aor string, now time.Time, c Count, fn func(current []Binding) ([]Binding, error)) ([]Binding, error)
+	// Replayed reports, without asking a shared server, whether this process has seen
+	// nonce counted at nc or above: a replay UpdateCounted would refuse. It answers false
+	// when it cannot tell (a count another sidecar took).
+	Replayed(nonce string, nc uint64) bool
+	// Recall returns the AOR's live bindings as this process last read or wrote them,
+	// without asking a shared server. They may be out of date, so they serve only a
+	// decision that a later Update checks again. ok is false when nothing is known of aor.
+	Recall(aor string, now time.Time) (bindings []Binding, ok bool)
 	// UseNonce records nc for nonce; ErrReplay when nc is not above the last one seen.
 	// The record lives for ttl.
 	UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error

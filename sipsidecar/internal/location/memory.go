@@ -49,7 +49,13 @@ func NewMemory() *Memory {
 // Update implements Store. fn sees the live bindings; expired ones it does not replace stay
 // stored (hidden) until Expire reports them. When fn returns two bindings with one Key, the
 // later one wins.
-func (m *Memory) Update(_ context.Context, aor string, now time.Time, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
+func (m *Memory) Update(ctx context.Context, aor string, now time.Time, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
+	return m.UpdateCounted(ctx, aor, now, Count{}, fn)
+}
+
+// UpdateCounted implements Store: the count is recorded under the store's lock, after fn
+// and before its bindings are stored.
+func (m *Memory) UpdateCounted(_ context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e := m.aors[aor]
@@ -66,6 +72,11 @@ func (m *Memory) Update(_ context.Context, aor string, now time.Time, fn func([]
 	next, err := fn(live)
 	if err != nil {
 		return nil, err
+	}
+	if c.Nonce != "" {
+		if err := m.nonces.use(c.Nonce, c.NC, c.TTL, m.now()); err != nil {
+			return nil, err
+		}
 	}
 	next = normalize(aor, next) // the caller's from here on: storage gets a copy
 	if e == nil {
@@ -191,6 +202,15 @@ func (m *Memory) AORs(_ context.Context, now time.Time) ([]string, error) {
 // UseNonce implements Store. A ttl below a millisecond counts as one millisecond, as in Redis.
 func (m *Memory) UseNonce(_ context.Context, nonce string, nc uint64, ttl time.Duration) error {
 	return m.nonces.use(nonce, nc, ttl, m.now())
+}
+
+// Replayed implements Store.
+func (m *Memory) Replayed(nonce string, nc uint64) bool { return m.nonces.seen(nonce, nc, m.now()) }
+
+// Recall implements Store: this store is the truth, so it is Lookup.
+func (m *Memory) Recall(aor string, now time.Time) ([]Binding, bool) {
+	bs, _ := m.Lookup(context.Background(), aor, now)
+	return bs, true
 }
 
 // Ping implements Store.

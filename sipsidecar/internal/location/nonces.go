@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// nonceCounters is the memory store's digest replay guard: the highest nonce count seen
-// per nonce, for the nonce's TTL.
+// nonceCounters is the memory store's digest replay guard, and the Redis store's memory of
+// the counts it took itself: the highest nonce count seen per nonce, for the nonce's TTL.
 //
 // Every authenticated REGISTER adds a nonce, so at 20,000 registrations/s with the usual
 // six-minute TTL it holds millions. It is built so that neither a lookup nor the garbage
@@ -61,6 +61,15 @@ func (n *nonceCounters) use(nonce string, nc uint64, ttl time.Duration, now time
 	n.count[key] = nonceCounter{nc: nc, end: end}
 	n.queue = append(n.queue, nonceExpiry{end: end, key: key})
 	return nil
+}
+
+// seen reports whether nonce has a count of nc or more at now: what use would refuse.
+func (n *nonceCounters) seen(nonce string, nc uint64, now time.Time) bool {
+	key := maphash.String(n.seed, nonce)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cur, ok := n.count[key]
+	return ok && now.UnixNano() < cur.end && nc <= cur.nc
 }
 
 // sweepLocked forgets the counters whose end has come, from the front of the queue; an

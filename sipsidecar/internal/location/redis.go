@@ -20,14 +20,15 @@ package location
 //	<prefix>fail:<ip>      string: auth failures of a source address in the current window (TTL)
 //	<prefix>ban:<ip>       string "1" while the address is banned (TTL)
 //
-// An AOR's hash and its two index entries change together: Update reads the hash and
-// writes with a compare-and-set script that applies only if the hash is still what was read:
-// its revision, or every field of a hash without one (written by an older sidecar). Expire
-// uses WATCH <aor key> / MULTI / EXEC and writes a new revision too. Two REGISTERs (or two
-// sidecars) racing on one AOR never lose a binding, the loser retries on fresh data
-// (bounded). An Update right after a Lookup of the same AOR (a challenge, then the
-// authenticated REGISTER) starts from what the Lookup read (recentReads) and reads only if
-// the compare-and-set finds it out of date.
+// An AOR's hash and its two index entries change together: Update writes with a
+// compare-and-set script that applies only if the hash is still what the write started
+// from: its revision, or every field of a hash without one (written by an older sidecar).
+// Expire uses WATCH <aor key> / MULTI / EXEC and writes a new revision too. Two REGISTERs
+// (or two sidecars) racing on one AOR never lose a binding, the loser retries on fresh data
+// (bounded). An Update starts from this sidecar's last read or write of the AOR
+// (aorStates), or, for an AOR it knows nothing of, from an empty hash; when that is out of
+// date the script answers with the hash as it is, so no Update reads before it writes.
+// An authenticated REGISTER's nonce count is checked and written by the same script.
 // Expired bindings stay in the hash, hidden from Lookup and Update's fn, until an Expire call
 // removes and reports them, once.
 
@@ -47,8 +48,9 @@ import (
 // Redis is the Store shared by several sidecars; bindings survive a sidecar restart.
 type Redis struct {
 	c      redis.UniversalClient
-	p      *pipe        // the REGISTER path's commands
-	recent *recentReads // Lookup's reads, for the Update after them
+	p      *pipe          // the REGISTER path's commands
+	states *aorStates     // the AORs this sidecar read or wrote last
+	seen   *nonceCounters // the nonce counts this sidecar took
 	prefix string
 	owned  bool
 }
@@ -61,7 +63,7 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 	if prefix == "" {
 		prefix = "sipsidecar:"
 	}
-	return &Redis{c: client, p: newPipe(client), recent: newRecentReads(time.Now), prefix: prefix}
+	return &Redis{c: client, p: newPipe(client), states: newAORStates(DefaultCacheAORs), seen: newNonceCounters(), prefix: prefix}
 }
 
 // OpenRedis connects to a redis://, rediss:// or unix:// URL with timeouts short enough that
@@ -96,7 +98,13 @@ func OpenRedis(url, prefix string) (*Redis, error) {
 	return r, nil
 }
 
+// KeepAORs sets how many AORs' last state this store keeps (aorStates; 0: none, and every
+// Update starts from a guess). Call it before the store is used.
+func (r *Redis) KeepAORs(n int) { r.states = newAORStates(n) }
+
 func (r *Redis) aorKey(aor string) string { return r.prefix + "aor:" + aor }
+
+func (r *Redis) nonceKey(nonce string) string { return r.prefix + "nonce:" + nonce }
 
 // unavailable turns any Redis or network failure into ErrUnavailable, keeping the text but
 // not the Redis error values (redis.Nil never leaves the package).
@@ -184,27 +192,28 @@ func (r *Redis) watch(ctx context.Context, key string, txf func(*redis.Tx) error
 
 // Update implements Store. When fn returns two bindings with one Key, the later one wins.
 func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
-	key := r.aorKey(aor)
-	keys := []string{key, r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
-	for attempt := range maxTxRetries {
-		var m map[string]string
-		var all []Binding
-		kept := false
-		if attempt == 0 {
-			var e recentRead
-			if e, kept = r.recent.take(aor); kept {
-				m, all = e.hash, e.all
-			}
-		}
-		if !kept {
-			var err error
-			if m, err = r.p.hgetall(ctx, key); err != nil {
-				return nil, unavailable(err)
-			}
-			all = decodeAll(m)
-		}
-		live := make([]Binding, 0, len(all))
-		for _, b := range all {
+	return r.UpdateCounted(ctx, aor, now, Count{}, fn)
+}
+
+// UpdateCounted implements Store, in one round trip when this sidecar's kept state of the
+// AOR (aorStates) is current, or when it knows nothing of the AOR and its hash is empty:
+// the compare-and-set script checks the nonce count and the hash's revision, and writes the
+// bindings, both indexes, the known name and the count together. When the hash is not what
+// the write started from, the script answers with the hash as it is and fn runs again on
+// that: no separate read.
+func (r *Redis) UpdateCounted(ctx context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
+	keys := []string{r.aorKey(aor), r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
+	if c.Nonce != "" {
+		keys = append(keys, r.nonceKey(c.Nonce))
+	}
+	rd, kept := r.states.get(aor)
+	if !kept {
+		rd = emptyRead
+	}
+	fresh := false // rd is what Redis answered the last attempt with
+	for range maxTxRetries {
+		live := make([]Binding, 0, len(rd.all))
+		for _, b := range rd.all {
 			if b.Live(now) {
 				live = append(live, b)
 			}
@@ -215,56 +224,98 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 		}
 		next = normalize(aor, next)
 		stored := append([]Binding(nil), next...)
-		for _, b := range all {
+		for _, b := range rd.all {
 			if !b.Live(now) && !hasKey(next, b.Key()) {
 				stored = append(stored, b) // left for Expire to report
 			}
 		}
-		args, err := casArgs(aor, m, stored, next)
+		args, written, err := casArgs(aor, rd, stored, next, c)
 		if err != nil {
 			return nil, err
 		}
-		done, err := r.p.script(ctx, casSet, keys, args...).Int()
+		res, err := r.p.script(ctx, casSet, keys, args...).Result()
 		if err != nil {
 			return nil, unavailable(err)
 		}
-		if done == 1 {
-			return next, nil
+		switch v := res.(type) {
+		case int64:
+			switch v {
+			case 1:
+				r.states.put(aor, written)
+				if c.Nonce != "" {
+					r.seen.use(c.Nonce, c.NC, c.TTL, time.Now())
+				}
+				return next, nil
+			case -1:
+				return nil, ErrReplay
+			}
+		case []any:
+			m, ok := pairs(v)
+			if !ok {
+				break
+			}
+			if fresh {
+				// Another writer changed the AOR between Redis's last answer and our write.
+				pause := time.Duration(rand.IntN(10000)) * time.Microsecond
+				select {
+				case <-ctx.Done():
+					return nil, unavailable(ctx.Err())
+				case <-time.After(pause):
+				}
+			}
+			rd, fresh = readOf(m), true
+			r.states.put(aor, rd)
+			continue
 		}
-		if kept {
-			continue // the kept read was out of date: read the hash now
-		}
-		// Another writer changed the AOR between our read and our write: read again.
-		pause := time.Duration(rand.IntN(1000*min(attempt+1, 10))) * time.Microsecond
-		select {
-		case <-ctx.Done():
-			return nil, unavailable(ctx.Err())
-		case <-time.After(pause):
-		}
+		return nil, unavailable(fmt.Errorf("unexpected answer %T from the compare-and-set script", res))
 	}
 	return nil, unavailable(errors.New("too much contention on one AOR"))
 }
 
-// casSet writes an AOR's hash, its two index entries and its known name in one step, but
-// only if the hash is still what the writer read (compare and set): the optimistic
-// transaction of WATCH/MULTI/EXEC in one round trip instead of three, on any pooled
-// connection. What it compares is the hash's revision, or, for a hash without one (empty, or
-// written by an older sidecar), its length and every field. It answers 1 when it wrote, 0
-// when the hash had changed.
-// KEYS: aor hash, exp, live, known. ARGV: aor; the revision read, or "" then n and n read
-// field/value pairs; then "del", or "set", d and d fields to delete, m and m field/value
-// pairs to set (the revision's among them), and the earliest and latest expiry ms; then the
-// known mode ("", "set" with a name, "setnx").
+// pairs makes a map of HGETALL's flat field, value list as a script returns it.
+func pairs(v []any) (map[string]string, bool) {
+	if len(v)%2 != 0 {
+		return nil, false
+	}
+	m := make(map[string]string, len(v)/2)
+	for i := 0; i < len(v); i += 2 {
+		f, ok1 := v[i].(string)
+		val, ok2 := v[i+1].(string)
+		if !ok1 || !ok2 {
+			return nil, false
+		}
+		m[f] = val
+	}
+	return m, true
+}
+
+// casSet is the optimistic transaction of WATCH/MULTI/EXEC in one round trip, on any pooled
+// connection, with the digest nonce count of an authenticated REGISTER in the same step.
+// It first refuses a nonce count that is not above the nonce's last one (answering -1, and
+// writing nothing). It then checks that the hash is still what the writer started from: its
+// revision, or, for a hash without one (empty, or written by an older sidecar), its length
+// and every field; if not, it answers with the hash as it is now (HGETALL's list), for the
+// writer to start again from. Otherwise it writes the AOR's hash, its two index entries, its
+// known name and the count, and answers 1.
+// KEYS: aor hash, exp, live, known, and the nonce's counter when there is a count. ARGV:
+// aor; the revision read, or "" then n and n read field/value pairs; then "del", or "set",
+// d and d fields to delete, m and m field/value pairs to set (the revision's among them),
+// and the earliest and latest expiry ms; then the known mode ("", "set" with a name,
+// "setnx"); last, with a count, nc and the counter's TTL in ms.
 var casSet = redis.NewScript(`
+if #KEYS == 5 then
+  local seen = tonumber(redis.call('GET', KEYS[5]) or '-1')
+  if tonumber(ARGV[#ARGV - 1]) <= seen then return -1 end
+end
 local i = 3
 if ARGV[2] ~= '' then
-  if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[2] then return 0 end
+  if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[2] then return redis.call('HGETALL', KEYS[1]) end
 else
   local n = tonumber(ARGV[3])
-  if redis.call('HLEN', KEYS[1]) ~= n then return 0 end
+  if redis.call('HLEN', KEYS[1]) ~= n then return redis.call('HGETALL', KEYS[1]) end
   i = 4
   for _ = 1, n do
-    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
+    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return redis.call('HGETALL', KEYS[1]) end
     i = i + 2
   end
 end
@@ -292,65 +343,82 @@ if ARGV[i] == 'set' then
 elseif ARGV[i] == 'setnx' then
   redis.call('HSETNX', KEYS[4], ARGV[1], '')
 end
+if #KEYS == 5 then
+  redis.call('SET', KEYS[5], ARGV[#ARGV - 1], 'PX', ARGV[#ARGV])
+end
 return 1`)
 
-// casArgs builds casSet's ARGV: what was read (read), what to store (stored, with both
-// indexes) and the known name of the live bindings (next). The known name is written only
-// when the hash's name field says it differs: a phone refreshing its registration under
-// the same name leaves <prefix>known alone.
-func casArgs(aor string, read map[string]string, stored, next []Binding) ([]any, error) {
-	args := make([]any, 0, 12+2*len(read)+2*len(stored))
+// casArgs builds casSet's ARGV from what was read (rd), what to store (stored, with both
+// indexes), the known name of the live bindings (next) and the count c; written is the hash
+// as it will be once the script has run. The known name is written only when the hash's
+// name field says it differs: a phone refreshing its registration under the same name
+// leaves <prefix>known alone.
+func casArgs(aor string, rd *hashRead, stored, next []Binding, c Count) (args []any, written *hashRead, err error) {
+	args = make([]any, 0, 14+2*len(rd.legacy)+len(rd.fields)+2*len(stored))
 	args = append(args, aor)
-	if rev := read[revField]; rev != "" {
-		args = append(args, rev)
+	if rd.legacy == nil {
+		args = append(args, rd.rev)
+		if rd.rev == "" {
+			args = append(args, 0) // an empty hash
+		}
 	} else {
-		args = append(args, "", len(read))
-		for f, v := range read {
+		args = append(args, "", len(rd.legacy))
+		for f, v := range rd.legacy {
 			args = append(args, f, v)
 		}
 	}
 	mode, name := "", ""
 	if len(next) > 0 {
-		written, ok := read[nameField]
 		switch name = displayName(next, ""); {
-		case name != "" && !(ok && written == name):
+		case name != "" && !(rd.hasName && rd.name == name):
 			mode = "set"
-		case name == "" && !ok:
+		case name == "" && !rd.hasName:
 			mode = "setnx"
 		}
 	}
+	written = &hashRead{all: stored, name: rd.name, hasName: rd.hasName}
 	if len(stored) == 0 {
-		return append(args, "del", ""), nil
-	}
-	args = append(args, "set", 0)
-	d := len(args) - 1
-	for f := range read {
-		if f != revField && f != nameField && !hasKey(stored, f) {
-			args = append(args, f)
+		args = append(args, "del")
+		written = emptyRead
+	} else {
+		written.rev = newRev()
+		args = append(args, "set", 0)
+		d := len(args) - 1
+		for _, f := range rd.fields {
+			if !hasKey(stored, f) {
+				args = append(args, f)
+			}
 		}
-	}
-	args[d] = len(args) - d - 1
-	pairs := 1 + len(stored)
-	if mode != "" {
-		pairs++
-	}
-	args = append(args, pairs, revField, newRev())
-	if mode != "" {
-		args = append(args, nameField, name)
-	}
-	for _, b := range stored {
-		v, err := appendBinding(nil, b)
-		if err != nil {
-			return nil, fmt.Errorf("encoding binding: %w", err)
+		args[d] = len(args) - d - 1
+		pairs := 1 + len(stored)
+		if mode != "" {
+			pairs++
+			written.name, written.hasName = name, true
 		}
-		args = append(args, b.Key(), v)
+		args = append(args, pairs, revField, written.rev)
+		if mode != "" {
+			args = append(args, nameField, name)
+		}
+		written.fields = make([]string, 0, len(stored))
+		for _, b := range stored {
+			v, err := appendBinding(nil, b)
+			if err != nil {
+				return nil, nil, fmt.Errorf("encoding binding: %w", err)
+			}
+			args = append(args, b.Key(), v)
+			written.fields = append(written.fields, b.Key())
+		}
+		first, last := bounds(stored)
+		args = append(args, first.UnixMilli(), last.UnixMilli())
 	}
-	first, last := bounds(stored)
-	args = append(args, first.UnixMilli(), last.UnixMilli(), mode)
+	args = append(args, mode)
 	if mode == "set" {
 		args = append(args, name)
 	}
-	return args, nil
+	if c.Nonce != "" {
+		args = append(args, c.NC, max(c.TTL.Milliseconds(), 1))
+	}
+	return args, written, nil
 }
 
 // Lookup implements Store.
@@ -359,15 +427,32 @@ func (r *Redis) Lookup(ctx context.Context, aor string, now time.Time) ([]Bindin
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	all := decodeAll(m)
-	r.recent.put(aor, m, all)
+	rd := readOf(m)
+	r.states.put(aor, rd)
+	return liveOf(rd.all, now), nil
+}
+
+// Recall implements Store, from aorStates.
+func (r *Redis) Recall(aor string, now time.Time) ([]Binding, bool) {
+	rd, ok := r.states.get(aor)
+	if !ok {
+		return nil, false
+	}
+	return liveOf(rd.all, now), true
+}
+
+// Replayed implements Store, from the counts this sidecar took itself.
+func (r *Redis) Replayed(nonce string, nc uint64) bool { return r.seen.seen(nonce, nc, time.Now()) }
+
+// liveOf is a copy of the bindings of all live at now.
+func liveOf(all []Binding, now time.Time) []Binding {
 	var out []Binding
 	for _, b := range all {
 		if b.Live(now) {
 			out = append(out, b)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Expire implements Store. Each expired binding is reported by exactly one caller, even
@@ -412,6 +497,7 @@ func (r *Redis) Expire(ctx context.Context, now time.Time, limit int) ([]Binding
 			})
 			return err
 		})
+		r.states.drop(aor) // its revision changed
 		if err != nil {
 			return out, unavailable(err)
 		}
@@ -457,11 +543,12 @@ return 1`)
 // compare script. Two sidecars racing on one nc 1: one SET wins, the other's script sees it.
 func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error {
 	ms := max(ttl.Milliseconds(), 1)
-	key := r.prefix + "nonce:" + nonce
+	key := r.nonceKey(nonce)
 	if nc == 1 {
 		first := redis.NewStatusCmd(ctx, "set", key, nc, "px", ms, "nx")
 		switch err := r.p.do(ctx, first); {
 		case err == nil:
+			r.seen.use(nonce, nc, ttl, time.Now())
 			return nil
 		case !errors.Is(err, redis.Nil):
 			return unavailable(err)
@@ -474,6 +561,7 @@ func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.
 	if ok == 0 {
 		return ErrReplay
 	}
+	r.seen.use(nonce, nc, ttl, time.Now())
 	return nil
 }
 

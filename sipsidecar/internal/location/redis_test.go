@@ -389,9 +389,9 @@ func TestRedisConcurrentCommandsSharePipelines(t *testing.T) {
 			t.Fatalf("u%d: %v %v", i, bs, err)
 		}
 	}
-	// 3 commands per goroutine (read, compare-and-set, nonce) plus the lookups.
-	if got := counter.piped.Load(); got < 4*n {
-		t.Fatalf("%d commands went through pipelines, want at least %d", got, 4*n)
+	// 2 commands per goroutine (compare-and-set, nonce) plus the lookups.
+	if got := counter.piped.Load(); got < 3*n {
+		t.Fatalf("%d commands went through pipelines, want at least %d", got, 3*n)
 	}
 	if p := counter.pipelines.Load(); p >= counter.piped.Load() {
 		t.Fatalf("%d pipelines for %d commands: nothing was shared", p, counter.piped.Load())
@@ -424,8 +424,6 @@ func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	return func(ctx context.Context, cmds []redis.Cmder) error { c.count(cmds...); return next(ctx, cmds) }
 }
 
-// The challenge's NAT-refresh lookup and the authenticated REGISTER's update: the update
-// starts from what the lookup read instead of reading the hash again.
 // adding is an Update fn that appends contact, live for an hour from now, and counts its
 // runs in *calls (when calls is not nil).
 func adding(contact string, now time.Time, calls *int) func([]location.Binding) ([]location.Binding, error) {
@@ -437,57 +435,156 @@ func adding(contact string, now time.Time, calls *int) func([]location.Binding) 
 	}
 }
 
-func TestRedisUpdateAfterLookupReadsOnce(t *testing.T) {
+// A registration costs Redis one command: the authenticated REGISTER's compare-and-set,
+// which takes the nonce count too. The update never reads before it writes: it starts from
+// this sidecar's last read or write of the AOR, or from an empty hash for an AOR it knows
+// nothing of, and the script answers with the hash when that is out of date.
+func TestRedisRegistrationIsOneCommand(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer raw.Close()
 	counter := &commandCounter{n: map[string]int{}}
 	raw.AddHook(counter)
-	s := location.NewRedis(raw, fmt.Sprintf("t%d:", prefixSeq.Add(1)))
+	prefix := fmt.Sprintf("t%d:", prefixSeq.Add(1))
+	s := location.NewRedis(raw, prefix)
 	ctx := context.Background()
 	now := time.Now()
-	add := func(contact string) func([]location.Binding) ([]location.Binding, error) {
-		return adding(contact, now, nil)
+	sent := func() int {
+		t.Helper()
+		counter.mu.Lock()
+		defer counter.mu.Unlock()
+		n := 0
+		for _, c := range counter.n {
+			n += c
+		}
+		clear(counter.n)
+		return n
 	}
-	if _, err := s.Update(ctx, "201@pbx", now, add("sip:201@10.0.0.1")); err != nil {
+	count := func(nonce string) location.Count {
+		return location.Count{Nonce: nonce, NC: 1, TTL: time.Minute}
+	}
+	// The connection's handshake and the script's first load (NOSCRIPT, then EVAL) go first.
+	if _, err := s.UpdateCounted(ctx, "warm@pbx", now, count("n0"), adding("sip:warm", now, nil)); err != nil {
 		t.Fatal(err)
 	}
-	if got := counter.get("hgetall"); got != 1 {
-		t.Fatalf("an update without a lookup before it read the hash %d times, want 1", got)
-	}
-	if _, err := s.Lookup(ctx, "201@pbx", now); err != nil {
+	sent()
+	calls := 0
+	if _, err := s.UpdateCounted(ctx, "201@pbx", now, count("n1"), adding("sip:201@10.0.0.1", now, &calls)); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Update(ctx, "201@pbx", now, add("sip:201@10.0.0.2"))
+	if n := sent(); n != 1 || calls != 1 {
+		t.Fatalf("a new AOR's first registration sent %d commands and ran fn %d times, want 1 and 1", n, calls)
+	}
+	if _, ok := s.Recall("201@pbx", now); !ok {
+		t.Fatal("the AOR just written is not recalled")
+	}
+	calls = 0
+	got, err := s.UpdateCounted(ctx, "201@pbx", now, count("n2"), adding("sip:201@10.0.0.2", now, &calls))
 	if err != nil || len(got) != 2 {
-		t.Fatalf("update after a lookup: %v %v", got, err)
+		t.Fatalf("second registration: %v %v", got, err)
 	}
-	if n := counter.get("hgetall"); n != 2 {
-		t.Fatalf("lookup then update read the hash %d times in all, want 2 (one each for the first update and the lookup)", n)
+	if n := sent(); n != 1 || calls != 1 {
+		t.Fatalf("a known AOR's registration sent %d commands and ran fn %d times, want 1 and 1", n, calls)
 	}
-	// The kept read is used once: a second update reads again.
-	if _, err := s.Update(ctx, "201@pbx", now, add("sip:201@10.0.0.3")); err != nil {
+	// The count was taken by the same script: Redis refuses it again, and this sidecar
+	// knows without asking.
+	if err := s.UseNonce(ctx, "n2", 1, time.Minute); !errors.Is(err, location.ErrReplay) {
+		t.Fatalf("the count UpdateCounted took: %v, want ErrReplay", err)
+	}
+	if !s.Replayed("n2", 1) || s.Replayed("n2", 2) || s.Replayed("n-unknown", 1) {
+		t.Fatal("Replayed does not match the counts taken")
+	}
+	sent()
+
+	// Another sidecar, which knows nothing of the AOR, guesses an empty hash: the script
+	// answers with the hash, and fn runs again on it, in two commands and no read.
+	other := location.NewRedis(raw, prefix)
+	if _, ok := other.Recall("201@pbx", now); ok {
+		t.Fatal("a sidecar that never saw the AOR recalls it")
+	}
+	calls = 0
+	got, err = other.UpdateCounted(ctx, "201@pbx", now, count("n3"), adding("sip:201@10.0.0.3", now, &calls))
+	if err != nil || len(got) != 3 {
+		t.Fatalf("the other sidecar's update: %v %v", got, err)
+	}
+	if reads, n := counter.get("hgetall"), sent(); n != 2 || calls != 2 || reads != 0 {
+		t.Fatalf("an update from a wrong guess sent %d commands (%d reads) and ran fn %d times, want 2 (none) and 2", n, reads, calls)
+	}
+	// The first sidecar's kept state is now stale: the same, and nothing is lost.
+	calls = 0
+	if got, err = s.Update(ctx, "201@pbx", now, adding("sip:201@10.0.0.4", now, &calls)); err != nil || len(got) != 4 || calls != 2 {
+		t.Fatalf("update from a stale state: %v %v after %d runs of fn", got, err, calls)
+	}
+	// A Lookup is a read, and the Update after it starts from it.
+	sent()
+	if _, err := other.Lookup(ctx, "201@pbx", now); err != nil {
 		t.Fatal(err)
 	}
-	if n := counter.get("hgetall"); n != 3 {
-		t.Fatalf("%d reads after a second update, want 3", n)
+	calls = 0
+	if _, err := other.Update(ctx, "201@pbx", now, adding("sip:201@10.0.0.5", now, &calls)); err != nil {
+		t.Fatal(err)
 	}
-	if bs, _ := s.Lookup(ctx, "201@pbx", now); len(bs) != 3 {
-		t.Fatalf("bindings %v, want all three", bs)
+	if n := sent(); n != 2 || calls != 1 {
+		t.Fatalf("lookup then update sent %d commands, ran fn %d times; want 2 and 1", n, calls)
+	}
+	if bs, _ := s.Lookup(ctx, "201@pbx", now); len(bs) != 5 {
+		t.Fatalf("bindings %v, want all five", bs)
+	}
+}
+
+// twoSidecars is two stores on one Redis and prefix, as two sidecars share it.
+func twoSidecars(t *testing.T) (a, b *location.Redis) {
+	t.Helper()
+	srv := testenv.StartRedis(t)
+	a, prefix := openRedis(t, srv.URL())
+	b, err := location.OpenRedis(srv.URL(), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return a, b
+}
+
+// A replayed Authorization sent to a second sidecar, which did not see the first use, is
+// refused by the script (in the same step as the write it would have made), and stores
+// nothing; the first sidecar refuses it without asking Redis.
+func TestRedisReplayOnAnotherSidecarStoresNothing(t *testing.T) {
+	a, b := twoSidecars(t)
+	ctx := context.Background()
+	now := time.Now()
+	c := location.Count{Nonce: "nonce-shared", NC: 1, TTL: time.Minute}
+	if _, err := a.UpdateCounted(ctx, "201@pbx", now, c, adding("sip:201@10.0.0.1", now, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if !a.Replayed(c.Nonce, c.NC) {
+		t.Fatal("the sidecar that took the count does not know it")
+	}
+	if b.Replayed(c.Nonce, c.NC) {
+		t.Fatal("a sidecar that never saw the count claims to")
+	}
+	for _, aor := range []string{"201@pbx", "202@pbx"} {
+		if _, err := b.UpdateCounted(ctx, aor, now, c, adding("sip:attacker@203.0.113.9", now, nil)); !errors.Is(err, location.ErrReplay) {
+			t.Fatalf("%s: replay on the other sidecar: %v, want ErrReplay", aor, err)
+		}
+	}
+	if bs, _ := b.Lookup(ctx, "201@pbx", now); len(bs) != 1 || bs[0].Contact != "sip:201@10.0.0.1" {
+		t.Fatalf("after the replay 201@pbx holds %v", bs)
+	}
+	if bs, _ := b.Lookup(ctx, "202@pbx", now); len(bs) != 0 {
+		t.Fatalf("after the replay 202@pbx holds %v", bs)
+	}
+	// A higher count on the same nonce (the phone's next request) goes through.
+	c.NC = 2
+	if _, err := b.UpdateCounted(ctx, "201@pbx", now, c, adding("sip:201@10.0.0.2", now, nil)); err != nil {
+		t.Fatalf("nc 2 after nc 1: %v", err)
 	}
 }
 
 // A kept read that another writer made stale (a second sidecar on the same Redis) costs a
 // retry, never the other writer's binding.
 func TestRedisStaleKeptReadLosesNothing(t *testing.T) {
-	srv := testenv.StartRedis(t)
+	a, b := twoSidecars(t)
 	ctx := context.Background()
-	a, prefix := openRedis(t, srv.URL())
-	b, err := location.OpenRedis(srv.URL(), prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
 	now := time.Now()
 	add := func(contact string) func([]location.Binding) ([]location.Binding, error) {
 		return adding(contact, now, nil)

@@ -25,7 +25,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 	}
 	retransmission := false
 	source := src.Addr()
-	result, err := r.store.Update(ctx, rq.aor, now, func(cur []location.Binding) ([]location.Binding, error) {
+	result, err := r.store.UpdateCounted(ctx, rq.aor, now, rq.count, func(cur []location.Binding) ([]location.Binding, error) {
 		added, removed, natKeys, retransmission = added[:0], removed[:0], natKeys[:0], false
 		if rq.wildcard {
 			// "*" removes every binding, unless one of this Call-ID is newer (step 6).
@@ -84,6 +84,8 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 		return next, nil
 	})
 	switch {
+	case errors.Is(err, location.ErrReplay):
+		return r.replayed(ctx, req, rq, src)
 	case errors.Is(err, errOutOfOrder):
 		r.count("out_of_order")
 		return r.reply(500, "Out Of Order")
@@ -128,8 +130,15 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 			return nil // unregistering always needs credentials
 		}
 	}
-	existing, err := r.store.Lookup(ctx, rq.aor, now)
-	if err != nil || len(existing) == 0 {
+	// What this sidecar last saw of the AOR decides whether to try; the Update checks it.
+	existing, known := r.store.Recall(rq.aor, now)
+	if !known {
+		var err error
+		if existing, err = r.store.Lookup(ctx, rq.aor, now); err != nil {
+			return nil
+		}
+	}
+	if len(existing) == 0 {
 		return nil
 	}
 	source := src.Addr()

@@ -40,6 +40,8 @@ type request struct {
 	expires         int // what the phone asked for, for the hook
 	userAgent       string
 	displayName     string
+	realm           string         // the realm it is challenged in
+	count           location.Count // its nonce count, once credentials are checked
 }
 
 // errors that become answers
@@ -63,6 +65,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source, 
 	if realm == "" {
 		realm = rq.host
 	}
+	rq.realm = realm
 
 	// A NATed phone refreshing its pinhole from the same place is answered from the store
 	// without a challenge or a hook call (jambonz behaviour).
@@ -74,7 +77,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source, 
 		return r.challenge(req, realm, false)
 	}
 
-	creds, res := r.credentials(req, rq, realm, src)
+	creds, res := r.credentials(req, &rq, src)
 	if res != nil {
 		return res
 	}
@@ -114,9 +117,15 @@ func (r *Registrar) judge(ctx context.Context, req *sip.Request, rq request, src
 	return r.apply(ctx, req, rq, src, verdict, now)
 }
 
-// credentials checks the Authorization header up to (not including) the hook: a response
-// means the REGISTER ends here.
-func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src Source) (sipdigest.Credentials, *answer) {
+// credentials checks the Authorization header up to (not including) the hook, and sets
+// rq.count: a response means the REGISTER ends here.
+//
+// A nonce count this sidecar has already taken is a replay, refused before the hook. The
+// count is taken by the store together with the bindings (apply's UpdateCounted), so that
+// with Redis a registration costs one round trip, not two; a replay sent to another sidecar
+// than the original, which cannot tell it from here, is refused there, after its hook call.
+func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipdigest.Credentials, *answer) {
+	realm := rq.realm
 	var creds sipdigest.Credentials
 	var err error
 	found := false
@@ -171,17 +180,18 @@ func (r *Registrar) credentials(req *sip.Request, rq request, realm string, src 
 		r.count("bad_request")
 		return creds, r.reply(400, "Malformed Authorization")
 	}
-	switch err := r.store.UseNonce(context.Background(), creds.Nonce, nc, r.nonces.TTL()+time.Minute); {
-	case errors.Is(err, location.ErrReplay):
-		r.authFailed(context.Background(), rq.aor, src, "replayed nonce count")
-		r.count("replay")
-		return creds, r.challenge(req, realm, false)
-	case err != nil:
-		r.log.Warn("store unavailable", "err", err)
-		r.count("store_unavailable")
-		return creds, r.unavailable()
+	if r.store.Replayed(creds.Nonce, nc) {
+		return creds, r.replayed(context.Background(), req, *rq, src)
 	}
+	rq.count = location.Count{Nonce: creds.Nonce, NC: nc, TTL: r.nonces.TTL() + time.Minute}
 	return creds, nil
+}
+
+// replayed answers a REGISTER whose nonce count was already taken: a fresh challenge.
+func (r *Registrar) replayed(ctx context.Context, req *sip.Request, rq request, src Source) *answer {
+	r.authFailed(ctx, rq.aor, src, "replayed nonce count")
+	r.count("replay")
+	return r.challenge(req, rq.realm, false)
 }
 
 // challenge is a 401 with one WWW-Authenticate per offered algorithm, in order of

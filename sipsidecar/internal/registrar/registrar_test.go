@@ -182,6 +182,36 @@ func TestReplayNeverReachesTheHook(t *testing.T) {
 	}
 }
 
+// forgetful is a store shared with another sidecar that took a count: Replayed cannot
+// tell, so only the store's write refuses the count.
+type forgetful struct{ location.Store }
+
+func (forgetful) Replayed(string, uint64) bool { return false }
+
+func TestReplayThisSidecarCannotTellIsRefusedByTheStore(t *testing.T) {
+	calls := 0
+	hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
+	store := forgetful{location.NewMemory()}
+	nonces := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0 })
+	r := New(Options{Store: store, Nonces: nonces, Hook: hook,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return t0 }})
+	auth := goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)
+	if res := handle(t, r, msg(t, reg("Contact: <sip:201@127.0.0.1:5070>"), auth), src); res.StatusCode != 200 {
+		t.Fatalf("first: %d", res.StatusCode)
+	}
+	res := handle(t, r, msg(t, reg("Contact: <sip:201@203.0.113.66:5060>"), auth), src)
+	if res.StatusCode != 401 || res.GetHeader("WWW-Authenticate") == nil {
+		t.Fatalf("replay: %v, want a fresh challenge", res)
+	}
+	if calls != 2 {
+		t.Fatalf("%d hook calls: the replay should have reached the hook here", calls)
+	}
+	bs, _ := store.Lookup(context.Background(), "201@pbx", t0)
+	if len(bs) != 1 || strings.Contains(bs[0].Contact, "203.0.113.66") {
+		t.Fatalf("replay changed the bindings: %v", bs)
+	}
+}
+
 func TestStaleNonce(t *testing.T) {
 	r, _, _ := newTestRegistrar(passwordHook, nil)
 	old := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0.Add(-time.Hour) })

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -537,6 +538,106 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 		time.Sleep(ttl + 50*time.Millisecond) // the Store API takes no clock for nonces
 		if err := s.UseNonce(ctx, n, 1, ttl); err != nil {
 			t.Fatalf("after TTL: %v", err)
+		}
+	})
+
+	t.Run("UpdateCounted takes the count exactly when it stores", func(t *testing.T) {
+		s := newStore(t)
+		n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
+		c := location.Count{Nonce: n, NC: 1, TTL: time.Minute}
+		// fn refuses: nothing stored, and the count is still free.
+		if _, err := s.UpdateCounted(ctx, "a@d", t0, c, func([]location.Binding) ([]location.Binding, error) { return nil, errAbort }); !errors.Is(err, errAbort) {
+			t.Fatalf("fn's error: %v", err)
+		}
+		if s.Replayed(n, 1) {
+			t.Fatal("a count fn refused is taken")
+		}
+		b := bind("a@d", "sip:1", t0.Add(time.Hour))
+		if res, err := s.UpdateCounted(ctx, "a@d", t0, c, replace(b)); err != nil || contacts(res) != "[sip:1]" {
+			t.Fatalf("first use: %v %v", res, err)
+		}
+		if !s.Replayed(n, 1) || s.Replayed(n, 2) {
+			t.Fatal("Replayed after the count was taken")
+		}
+		// The same count again, on this AOR or another, stores nothing.
+		for _, aor := range []string{"a@d", "b@d"} {
+			runs := 0
+			_, err := s.UpdateCounted(ctx, aor, t0, c, func(cur []location.Binding) ([]location.Binding, error) {
+				runs++
+				return append(cur, bind(aor, "sip:replayed", t0.Add(time.Hour))), nil
+			})
+			if !errors.Is(err, location.ErrReplay) {
+				t.Fatalf("%s: replayed count: %v, want ErrReplay", aor, err)
+			}
+			if bs, _ := s.Lookup(ctx, aor, t0); strings.Contains(contacts(bs), "replayed") {
+				t.Fatalf("%s: a replay stored %v", aor, bs)
+			}
+		}
+		if err := s.UseNonce(ctx, n, 1, time.Minute); !errors.Is(err, location.ErrReplay) {
+			t.Fatalf("UseNonce of the count UpdateCounted took: %v", err)
+		}
+		// The next count goes through; a zero Count takes none.
+		c.NC = 2
+		if _, err := s.UpdateCounted(ctx, "a@d", t0, c, replace(bind("a@d", "sip:2", t0.Add(time.Hour)))); err != nil {
+			t.Fatalf("nc 2: %v", err)
+		}
+		for range 2 {
+			if _, err := s.UpdateCounted(ctx, "a@d", t0, location.Count{}, replace(b)); err != nil {
+				t.Fatalf("zero Count: %v", err)
+			}
+		}
+		if s.Replayed(fmt.Sprintf("nonce-%d", nonceSeq.Add(1)), 1) {
+			t.Fatal("a nonce never counted is a replay")
+		}
+	})
+
+	t.Run("one count is taken once however many try at once", func(t *testing.T) {
+		s := newStore(t)
+		n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
+		c := location.Count{Nonce: n, NC: 1, TTL: time.Minute}
+		var ok, replay atomic.Int32
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Go(func() {
+				aor := fmt.Sprintf("u%d@d", i%4) // some on one AOR, some on others
+				switch _, err := s.UpdateCounted(ctx, aor, t0, c, replace(bind(aor, fmt.Sprintf("sip:%d", i), t0.Add(time.Hour)))); {
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, location.ErrReplay):
+					replay.Add(1)
+				default:
+					t.Errorf("UpdateCounted: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if ok.Load() != 1 || replay.Load() != 15 {
+			t.Fatalf("%d stored, %d replays; want 1 and 15", ok.Load(), replay.Load())
+		}
+		stored := 0
+		for i := range 4 {
+			bs, _ := s.Lookup(ctx, fmt.Sprintf("u%d@d", i), t0)
+			stored += len(bs)
+		}
+		if stored != 1 {
+			t.Fatalf("%d bindings stored, want the one that took the count", stored)
+		}
+	})
+
+	t.Run("Recall knows what this store wrote", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, bind("a@d", "sip:1", t0.Add(time.Minute)), bind("a@d", "sip:2", t0.Add(time.Hour)))
+		bs, ok := s.Recall("a@d", t0)
+		if !ok || contacts(bs) != contacts([]location.Binding{bind("a@d", "sip:1", t0), bind("a@d", "sip:2", t0)}) {
+			t.Fatalf("Recall: %v %v", bs, ok)
+		}
+		if bs, ok := s.Recall("a@d", t0.Add(2*time.Minute)); !ok || len(bs) != 1 || bs[0].Contact != "sip:2" {
+			t.Fatalf("Recall after sip:1 expired: %v %v", bs, ok)
+		}
+		// What it answers is a copy.
+		bs[0].Contact = "sip:changed"
+		if again, _ := s.Recall("a@d", t0.Add(2*time.Minute)); again[0].Contact != "sip:2" {
+			t.Fatal("changing Recall's answer changed the store")
 		}
 	})
 
