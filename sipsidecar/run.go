@@ -123,8 +123,9 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	// With everything in memory, only a REGISTER with credentials waits (for the hook): the
 	// reader that parsed any other request answers it as well, and hands that one to the
 	// hook client, whose goroutine that hears the verdict finishes it. No worker is woken
-	// for a UDP request. With Redis, workers wait for the store's round trips.
-	var inline func(*sip.Request) bool
+	// for a UDP request. With Redis, workers wait for the store's round trips; the reader
+	// answers what needs none (most challenges: Registrar.Immediate).
+	inline := func(req *sip.Request) bool { return reg.Immediate(req, source(req)) }
 	var later func(*sip.Request, *bytes.Buffer, func(int)) int
 	if cfg.RedisURL == "" {
 		inline = func(req *sip.Request) bool { return !registrar.AsksHook(req) }

@@ -138,19 +138,8 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 			return nil
 		}
 	}
-	if len(existing) == 0 {
+	if !refreshes(existing, rq, src) {
 		return nil
-	}
-	source := src.Addr()
-	for _, c := range rq.contacts {
-		i := indexOf(existing, c.key())
-		if i < 0 {
-			return nil
-		}
-		b := existing[i]
-		if !b.NAT || b.Source != source || b.Transport != src.Transport || b.CallID != rq.callID || rq.cseq <= b.CSeq {
-			return nil
-		}
 	}
 	var natKeys []string
 	result, err := r.store.Update(ctx, rq.aor, now, func(cur []location.Binding) ([]location.Binding, error) {
@@ -170,6 +159,27 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 	}
 	r.count("nat_refresh")
 	return r.ok(result, natKeys, now)
+}
+
+// refreshes says whether rq, without credentials, would refresh existing as a NAT refresh:
+// every contact bound, NATed, from this source and transport, in this Call-ID, with a
+// higher CSeq.
+func refreshes(existing []location.Binding, rq request, src Source) bool {
+	if len(existing) == 0 {
+		return false
+	}
+	source := src.Addr()
+	for _, c := range rq.contacts {
+		i := indexOf(existing, c.key())
+		if i < 0 {
+			return false
+		}
+		b := existing[i]
+		if !b.NAT || b.Source != source || b.Transport != src.Transport || b.CallID != rq.callID || rq.cseq <= b.CSeq {
+			return false
+		}
+	}
+	return true
 }
 
 // ok is the 200 listing every live binding with its remaining expiry; a NATed contact of

@@ -105,6 +105,21 @@ func (g *Guard) admit(ctx context.Context, req *sip.Request, src Source, now tim
 	return ""
 }
 
+// knows says whether admit would decide on ip without asking Bans.
+func (g *Guard) knows(ip string, now time.Time) bool {
+	if g == nil {
+		return true
+	}
+	g.init()
+	if _, local := g.Bans.(*location.MemoryBans); local {
+		return true
+	}
+	g.mu.Lock()
+	m, ok := g.bans[ip]
+	g.mu.Unlock()
+	return ok && now.Before(m.until)
+}
+
 // banned asks Bans, or remembers its answer from less than banRecheck ago. A store that
 // cannot answer bans nobody (the rate limit still holds), and that is not remembered.
 func (g *Guard) banned(ctx context.Context, ip string, now time.Time) bool {

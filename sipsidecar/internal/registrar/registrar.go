@@ -223,6 +223,34 @@ func AsksHook(req *sip.Request) bool {
 	return req.Method == sip.REGISTER && header(req, "authorization") != nil
 }
 
+// Immediate says whether Handle would answer req from this process alone, with neither
+// the hook nor a round trip to a shared store or ban list (Redis): so that the reader that
+// parsed it may answer it without a hand-off to a worker, in the same batch of datagrams as
+// the others it read. With Redis that is an OPTIONS, a bad REGISTER, and the challenge of a
+// REGISTER without credentials whose AOR this sidecar knows and that is no NAT refresh,
+// from a source whose ban state it remembers. It is a forecast: what it looked at may
+// change before Handle runs (another goroutine's write, a remembered ban state running
+// out), and then Handle waits for that one round trip.
+func (r *Registrar) Immediate(req *sip.Request, src Source) bool {
+	if AsksHook(req) || !r.guard.knows(src.IP, r.now()) {
+		return false
+	}
+	if req.Method != sip.REGISTER {
+		return true
+	}
+	rq, bad := r.parse(req)
+	if bad != nil || rq.wildcard || len(rq.contacts) == 0 {
+		return true
+	}
+	for _, c := range rq.contacts {
+		if c.expires == 0 {
+			return true // no NAT refresh: challenged
+		}
+	}
+	existing, known := r.store.Recall(rq.aor, r.now())
+	return known && !refreshes(existing, rq, src)
+}
+
 // routable says whether an answer to req can be written and routed: it has a Via, and every
 // Via names its protocol, version, transport and host (RFC 3261 §18.2.2 sends the answer by
 // them). sipgo's parser lets empty ones through.

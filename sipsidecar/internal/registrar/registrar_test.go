@@ -505,3 +505,75 @@ func TestHandleLater(t *testing.T) {
 		}
 	})
 }
+
+// recalling is a store shared with other sidecars (Redis): Recall knows only the AORs
+// marked known.
+type recalling struct {
+	location.Store
+	known map[string]bool
+}
+
+func (s recalling) Recall(aor string, now time.Time) ([]location.Binding, bool) {
+	if !s.known[aor] {
+		return nil, false
+	}
+	return s.Store.Recall(aor, now)
+}
+
+// sharedBans is a ban list another process keeps: asking it is a round trip.
+type sharedBans struct{ location.Bans }
+
+func TestImmediateForecastsWhatNeedsNoRoundTrip(t *testing.T) {
+	store := recalling{location.NewMemory(), map[string]bool{}}
+	nonces := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0 })
+	guard := &Guard{Bans: sharedBans{location.NewMemoryBans(func() time.Time { return t0 })}}
+	r := New(Options{Store: store, Nonces: nonces, Hook: passwordHook, Guard: guard,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return t0 }})
+	udp := Source{IP: "127.0.0.1", Port: 5070, Transport: "udp"}
+	register := func(callID string, cseq int, auth string) *sip.Request {
+		raw := strings.NewReplacer("Call-ID: c1", "Call-ID: "+callID, "CSeq: 2", fmt.Sprintf("CSeq: %d", cseq)).
+			Replace(reg("Contact: <sip:201@127.0.0.1:5070>"))
+		return msg(t, raw, auth)
+	}
+	options := msg(t, strings.NewReplacer("REGISTER sip:pbx", "OPTIONS sip:pbx", "2 REGISTER", "2 OPTIONS", "{CONTACT}\n", "").Replace(base), "")
+
+	// The ban list has not been asked about this source yet.
+	if r.Immediate(options, udp) {
+		t.Fatal("a source whose ban state is not remembered is immediate")
+	}
+	if res := handle(t, r, options, udp); res.StatusCode != 200 {
+		t.Fatalf("OPTIONS: %d", res.StatusCode)
+	}
+	if !r.Immediate(options, udp) {
+		t.Fatal("OPTIONS from a remembered source is not immediate")
+	}
+	if r.Immediate(register("c9", 1, ""), udp) {
+		t.Fatal("a challenge for an AOR this sidecar knows nothing of is immediate (its NAT refresh check asks the store)")
+	}
+	if r.Immediate(register("c1", 2, goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), udp) {
+		t.Fatal("a REGISTER with credentials is immediate")
+	}
+	if res := handle(t, r, register("c1", 2, goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), udp); res.StatusCode != 200 {
+		t.Fatalf("register: %d", res.StatusCode)
+	}
+	store.known["201@pbx"] = true
+	// Another Call-ID: no NAT refresh, a challenge decided here.
+	if !r.Immediate(register("c2", 1, ""), udp) {
+		t.Fatal("a challenge for a known AOR is not immediate")
+	}
+	if res := handle(t, r, register("c2", 1, ""), udp); res.StatusCode != 401 {
+		t.Fatalf("challenge: %d", res.StatusCode)
+	}
+	// The same Call-ID with a higher CSeq from the same source: a NAT refresh, which writes.
+	refresh := register("c1", 3, "")
+	if r.Immediate(refresh, udp) {
+		t.Fatal("a NAT refresh is immediate")
+	}
+	if res := handle(t, r, refresh, udp); res.StatusCode != 200 {
+		t.Fatalf("NAT refresh: %d", res.StatusCode)
+	}
+	// A REGISTER the registrar refuses outright needs nothing either.
+	if !r.Immediate(msg(t, strings.Replace(reg("Contact: <sip:201@h>"), "To: <sip:201@pbx>", "To: <tel:201>", 1), ""), udp) {
+		t.Fatal("a bad REGISTER is not immediate")
+	}
+}
