@@ -38,12 +38,20 @@ type bound struct {
 func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<- bound) error {
 	var store location.Store
 	var bans location.Bans
+	var srv *sipserver.Server // the hand-outs below hold its UDP answers
 	if cfg.RedisURL != "" {
 		r, err := location.OpenRedis(cfg.RedisURL, cfg.RedisPrefix)
 		if err != nil {
 			return err
 		}
 		r.KeepAORs(cfg.RedisCacheAORs)
+		// The REGISTERs finished by the goroutine that reads a pipeline's answers (see below)
+		// send their answers together.
+		r.SetHandOut(func(deliver func()) {
+			held := srv.HoldAnswers()
+			defer held.Release()
+			deliver()
+		})
 		store, bans = r, r.Bans()
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if err := r.Ping(pctx); err != nil {
@@ -74,7 +82,6 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 		return float64(len(aors))
 	})
 	// The SIP server is made below, and serves (so that verdicts come) only after that.
-	var srv *sipserver.Server
 	hook, err := authhook.New(authhook.Options{URL: cfg.HookURL, Secret: cfg.HookSecret, Username: cfg.HookUsername,
 		Password: cfg.HookPassword, Timeout: cfg.HookTimeout, Concurrency: cfg.HookConcurrency,
 		BatchWait: cfg.HookBatchWait,
@@ -123,14 +130,25 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	// With everything in memory, only a REGISTER with credentials waits (for the hook): the
 	// reader that parsed any other request answers it as well, and hands that one to the
 	// hook client, whose goroutine that hears the verdict finishes it. No worker is woken
-	// for a UDP request. With Redis, workers wait for the store's round trips; the reader
-	// answers what needs none (most challenges: Registrar.Immediate).
-	inline := func(req *sip.Request) bool { return reg.Immediate(req, source(req)) }
-	var later func(*sip.Request, *bytes.Buffer, func(int)) int
-	if cfg.RedisURL == "" {
-		inline = func(req *sip.Request) bool { return !registrar.AsksHook(req) }
+	// for a UDP request.
+	// With Redis, the reader answers what needs no round trip (most challenges:
+	// Registrar.Immediate), and hands a REGISTER with credentials to the hook client as
+	// well; the verdict's goroutine starts its store update, and the goroutine that reads
+	// Redis's answer finishes it. Anything else (a challenge that looks the AOR up, a
+	// source whose ban state must be asked) gets a goroutine of its own.
+	inline := func(req *sip.Request) bool { return !registrar.AsksHook(req) }
+	later := func(req *sip.Request, w *bytes.Buffer, done func(int)) int {
+		return reg.HandleLater(ctx, req, source(req), w, done)
+	}
+	if cfg.RedisURL != "" {
+		inline = func(req *sip.Request) bool { return reg.Immediate(req, source(req)) }
 		later = func(req *sip.Request, w *bytes.Buffer, done func(int)) int {
-			return reg.HandleLater(ctx, req, source(req), w, done)
+			src := source(req)
+			if registrar.AsksHook(req) && reg.KnowsSource(src) {
+				return reg.HandleLater(ctx, req, src, w, done)
+			}
+			go func() { done(reg.Handle(ctx, req, src, w)) }()
+			return registrar.Waiting
 		}
 	}
 	srv = sipserver.New(sipserver.Options{

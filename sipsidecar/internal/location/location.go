@@ -44,6 +44,14 @@ func (b Binding) Key() string {
 // Live reports whether the binding has not expired at now.
 func (b Binding) Live(now time.Time) bool { return now.Before(b.ExpiresAt) }
 
+// Deferred is a Store whose UpdateCounted can finish without a goroutine waiting for it
+// (Redis): UpdateCountedThen returns at once and calls then with what UpdateCounted would
+// have returned, exactly once, from any goroutine (mostly the one that read the server's
+// answer, so then must not wait), perhaps before it returns.
+type Deferred interface {
+	UpdateCountedThen(ctx context.Context, aor string, now time.Time, c Count, fn func(current []Binding) ([]Binding, error), then func([]Binding, error))
+}
+
 // Count is the digest nonce count an authenticated REGISTER carries, which UpdateCounted
 // records with its write. A Count without a Nonce records nothing.
 type Count struct {

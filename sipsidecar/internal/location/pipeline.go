@@ -17,11 +17,17 @@ import (
 type pipe struct {
 	c redis.UniversalClient
 	q *coalesce.Queue[*pipedCmd]
+	// handOut, when set, wraps the answering of each pipeline's commands (see
+	// Redis.SetHandOut).
+	handOut func(deliver func())
 }
 
+// pipedCmd is a command and who waits for it: a goroutine on done, or then, called on the
+// goroutine that read the answer.
 type pipedCmd struct {
 	cmd  redis.Cmder
 	done chan struct{}
+	then func()
 }
 
 const (
@@ -60,25 +66,48 @@ func (p *pipe) send(group []*pipedCmd) {
 		pl.Process(ctx, pc.cmd)
 	}
 	pl.Exec(ctx) // every command holds its own answer or error
-	for _, pc := range group {
-		close(pc.done)
+	answer := func() {
+		for _, pc := range group {
+			if pc.then != nil {
+				pc.then()
+			} else {
+				close(pc.done)
+			}
+		}
 	}
+	if p.handOut != nil {
+		p.handOut(answer)
+	} else {
+		answer()
+	}
+}
+
+// doThen runs cmd in the next pipeline and calls then when its answer (or error) is in cmd,
+// on the goroutine that read it: then must not wait. false: too many commands are waiting,
+// and then is not called.
+func (p *pipe) doThen(cmd redis.Cmder, then func()) bool {
+	return p.q.Add(&pipedCmd{cmd: cmd, then: then})
 }
 
 // script runs s through the pipeline as EVALSHA; a Redis that does not know the script yet
 // (a restart, SCRIPT FLUSH) gets it once with EVAL and SCRIPT LOAD, outside the pipeline.
 func (p *pipe) script(ctx context.Context, s *redis.Script, keys []string, args ...any) *redis.Cmd {
+	cmd := evalsha(ctx, s, keys, args)
+	if err := p.do(ctx, cmd); redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return s.Run(ctx, p.c, keys, args...)
+	}
+	return cmd
+}
+
+// evalsha is the command that runs s by its hash.
+func evalsha(ctx context.Context, s *redis.Script, keys []string, args []any) *redis.Cmd {
 	a := make([]any, 0, 3+len(keys)+len(args))
 	a = append(a, "evalsha", s.Hash(), len(keys))
 	for _, k := range keys {
 		a = append(a, k)
 	}
 	a = append(a, args...)
-	cmd := redis.NewCmd(ctx, a...)
-	if err := p.do(ctx, cmd); redis.HasErrorPrefix(err, "NOSCRIPT") {
-		return s.Run(ctx, p.c, keys, args...)
-	}
-	return cmd
+	return redis.NewCmd(ctx, a...)
 }
 
 // hgetall reads a hash through the pipeline.

@@ -202,34 +202,74 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 // the write started from, the script answers with the hash as it is and fn runs again on
 // that: no separate read.
 func (r *Redis) UpdateCounted(ctx context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
+	return r.updateFrom(ctx, aor, r.casKeys(aor, c), now, c, fn, r.start(aor), false)
+}
+
+// UpdateCountedThen implements Deferred: its compare-and-set goes into the pipeline without
+// a goroutine waiting for it, and then runs on the goroutine that read the answer, inside
+// the hand-out SetHandOut wraps around a pipeline's answers. A conflict (the kept state
+// was out of date), or Redis not knowing the script yet, continues as UpdateCounted does, on
+// a goroutine of its own.
+func (r *Redis) UpdateCountedThen(ctx context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error), then func([]Binding, error)) {
+	keys, rd := r.casKeys(aor, c), r.start(aor)
+	next, args, written, err := r.attempt(aor, rd, now, c, fn)
+	if err != nil {
+		then(nil, err)
+		return
+	}
+	cmd := evalsha(ctx, casSet, keys, args)
+	queued := r.p.doThen(cmd, func() {
+		res, err := cmd.Result()
+		if err != nil {
+			if redis.HasErrorPrefix(err, "NOSCRIPT") {
+				go func() { then(r.updateFrom(ctx, aor, keys, now, c, fn, rd, false)) }()
+				return
+			}
+			then(nil, unavailable(err))
+			return
+		}
+		final, again, err := r.outcome(aor, c, written, res)
+		switch {
+		case final && err != nil:
+			then(nil, err)
+		case final:
+			then(next, nil)
+		default:
+			go func() { then(r.updateFrom(ctx, aor, keys, now, c, fn, again, true)) }()
+		}
+	})
+	if !queued {
+		then(nil, unavailable(errPipeFull))
+	}
+}
+
+// SetHandOut has every pipeline's answers handed out inside f, which must call deliver:
+// the sidecar holds its UDP answers over it, so that the REGISTERs that UpdateCountedThen
+// finishes there leave together. Call it before the store is used.
+func (r *Redis) SetHandOut(f func(deliver func())) { r.p.handOut = f }
+
+// casKeys are casSet's keys for aor, with the nonce's counter when there is a count.
+func (r *Redis) casKeys(aor string, c Count) []string {
 	keys := []string{r.aorKey(aor), r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
 	if c.Nonce != "" {
 		keys = append(keys, r.nonceKey(c.Nonce))
 	}
-	rd, kept := r.states.get(aor)
-	if !kept {
-		rd = emptyRead
+	return keys
+}
+
+// start is what an update of aor starts from: the kept state, or the guess of an empty hash.
+func (r *Redis) start(aor string) *hashRead {
+	if rd, kept := r.states.get(aor); kept {
+		return rd
 	}
-	fresh := false // rd is what Redis answered the last attempt with
+	return emptyRead
+}
+
+// updateFrom runs compare-and-set attempts from rd until one is final; fresh says rd is
+// what Redis answered an attempt with (so a conflict now is another writer's: pause).
+func (r *Redis) updateFrom(ctx context.Context, aor string, keys []string, now time.Time, c Count, fn func([]Binding) ([]Binding, error), rd *hashRead, fresh bool) ([]Binding, error) {
 	for range maxTxRetries {
-		live := make([]Binding, 0, len(rd.all))
-		for _, b := range rd.all {
-			if b.Live(now) {
-				live = append(live, b)
-			}
-		}
-		next, err := fn(live)
-		if err != nil {
-			return nil, err
-		}
-		next = normalize(aor, next)
-		stored := append([]Binding(nil), next...)
-		for _, b := range rd.all {
-			if !b.Live(now) && !hasKey(next, b.Key()) {
-				stored = append(stored, b) // left for Expire to report
-			}
-		}
-		args, written, err := casArgs(aor, rd, stored, next, c)
+		next, args, written, err := r.attempt(aor, rd, now, c, fn)
 		if err != nil {
 			return nil, err
 		}
@@ -237,39 +277,74 @@ func (r *Redis) UpdateCounted(ctx context.Context, aor string, now time.Time, c 
 		if err != nil {
 			return nil, unavailable(err)
 		}
-		switch v := res.(type) {
-		case int64:
-			switch v {
-			case 1:
-				r.states.put(aor, written)
-				if c.Nonce != "" {
-					r.seen.use(c.Nonce, c.NC, c.TTL, time.Now())
-				}
-				return next, nil
-			case -1:
-				return nil, ErrReplay
+		final, again, err := r.outcome(aor, c, written, res)
+		if final {
+			if err != nil {
+				return nil, err
 			}
-		case []any:
-			m, ok := pairs(v)
-			if !ok {
-				break
-			}
-			if fresh {
-				// Another writer changed the AOR between Redis's last answer and our write.
-				pause := time.Duration(rand.IntN(10000)) * time.Microsecond
-				select {
-				case <-ctx.Done():
-					return nil, unavailable(ctx.Err())
-				case <-time.After(pause):
-				}
-			}
-			rd, fresh = readOf(m), true
-			r.states.put(aor, rd)
-			continue
+			return next, nil
 		}
-		return nil, unavailable(fmt.Errorf("unexpected answer %T from the compare-and-set script", res))
+		if fresh {
+			// Another writer changed the AOR between Redis's last answer and our write.
+			pause := time.Duration(rand.IntN(10000)) * time.Microsecond
+			select {
+			case <-ctx.Done():
+				return nil, unavailable(ctx.Err())
+			case <-time.After(pause):
+			}
+		}
+		rd, fresh = again, true
 	}
 	return nil, unavailable(errors.New("too much contention on one AOR"))
+}
+
+// attempt runs fn on the live bindings of rd and builds the compare-and-set's arguments:
+// next is fn's result, written the hash as the script will leave it.
+func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn func([]Binding) ([]Binding, error)) (next []Binding, args []any, written *hashRead, err error) {
+	live := make([]Binding, 0, len(rd.all))
+	for _, b := range rd.all {
+		if b.Live(now) {
+			live = append(live, b)
+		}
+	}
+	if next, err = fn(live); err != nil {
+		return nil, nil, nil, err
+	}
+	next = normalize(aor, next)
+	stored := append([]Binding(nil), next...)
+	for _, b := range rd.all {
+		if !b.Live(now) && !hasKey(next, b.Key()) {
+			stored = append(stored, b) // left for Expire to report
+		}
+	}
+	args, written, err = casArgs(aor, rd, stored, next, c)
+	return next, args, written, err
+}
+
+// outcome reads the compare-and-set's answer. final: the update is done, written (err nil)
+// or refused (ErrReplay, or an answer not understood); else again is the hash as Redis
+// holds it, to start over from.
+func (r *Redis) outcome(aor string, c Count, written *hashRead, res any) (final bool, again *hashRead, err error) {
+	switch v := res.(type) {
+	case int64:
+		switch v {
+		case 1:
+			r.states.put(aor, written)
+			if c.Nonce != "" {
+				r.seen.use(c.Nonce, c.NC, c.TTL, time.Now())
+			}
+			return true, nil, nil
+		case -1:
+			return true, nil, ErrReplay
+		}
+	case []any:
+		if m, ok := pairs(v); ok {
+			again = readOf(m)
+			r.states.put(aor, again)
+			return false, again, nil
+		}
+	}
+	return true, nil, unavailable(fmt.Errorf("unexpected answer %T from the compare-and-set script", res))
 }
 
 // pairs makes a map of HGETALL's flat field, value list as a script returns it.

@@ -142,6 +142,15 @@ func every(ctx context.Context, s *location.Redis, now time.Time) map[string]err
 	_, errs["Update"] = s.Update(ctx, "201@pbx", now, func(cur []location.Binding) ([]location.Binding, error) {
 		return append(cur, b), nil
 	})
+	then := make(chan error, 1)
+	s.UpdateCountedThen(ctx, "202@pbx", now, location.Count{}, func(cur []location.Binding) ([]location.Binding, error) {
+		return append(cur, b), nil
+	}, func(_ []location.Binding, err error) { then <- err })
+	select {
+	case errs["UpdateCountedThen"] = <-then:
+	case <-time.After(10 * time.Second):
+		errs["UpdateCountedThen"] = errors.New("then never called")
+	}
 	_, errs["Lookup"] = s.Lookup(ctx, "201@pbx", now)
 	_, errs["Expire"] = s.Expire(ctx, now, 10)
 	_, errs["Known"] = s.Known(ctx)
@@ -783,3 +792,99 @@ func TestRedisNameFieldIsNotABinding(t *testing.T) {
 		t.Fatalf("lookup: %v %v", bs, err)
 	}
 }
+
+// thenResult is what UpdateCountedThen handed to then.
+type thenResult struct {
+	bs        []location.Binding
+	err       error
+	inHandOut bool
+}
+
+// updateThen runs UpdateCountedThen and waits for its then (which must come exactly once).
+func updateThen(t *testing.T, s *location.Redis, handingOut *atomic.Bool, aor string, now time.Time, c location.Count, fn func([]location.Binding) ([]location.Binding, error)) thenResult {
+	t.Helper()
+	got := make(chan thenResult, 2)
+	s.UpdateCountedThen(context.Background(), aor, now, c, fn, func(bs []location.Binding, err error) {
+		got <- thenResult{bs, err, handingOut.Load()}
+	})
+	var r thenResult
+	select {
+	case r = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("then was never called")
+	}
+	select {
+	case <-got:
+		t.Fatal("then was called twice")
+	case <-time.After(20 * time.Millisecond):
+	}
+	return r
+}
+
+// UpdateCountedThen gives what UpdateCounted would, from inside the pipeline's hand-out
+// when Redis answered at once, and from a goroutine of its own when it had to start over.
+func TestRedisUpdateCountedThen(t *testing.T) {
+	a, b := twoSidecars(t)
+	var handingOut atomic.Bool
+	handOuts := atomic.Int32{}
+	a.SetHandOut(func(deliver func()) {
+		handOuts.Add(1)
+		handingOut.Store(true)
+		defer handingOut.Store(false)
+		deliver()
+	})
+	now := time.Now()
+	// Redis learns the script (its first EVALSHA answers NOSCRIPT).
+	if _, err := a.Update(context.Background(), "warm@pbx", now, adding("sip:warm", now, nil)); err != nil {
+		t.Fatal(err)
+	}
+	c := location.Count{Nonce: "nonce-then", NC: 1, TTL: time.Minute}
+	// A new AOR: one script, answered inside the hand-out.
+	r := updateThen(t, a, &handingOut, "201@pbx", now, c, adding("sip:201@10.0.0.1", now, nil))
+	if r.err != nil || len(r.bs) != 1 || !r.inHandOut || handOuts.Load() == 0 {
+		t.Fatalf("new AOR: %+v after %d hand-outs", r, handOuts.Load())
+	}
+	// The same count again: ErrReplay, nothing stored.
+	r = updateThen(t, a, &handingOut, "201@pbx", now, c, adding("sip:201@203.0.113.9", now, nil))
+	if !errors.Is(r.err, location.ErrReplay) {
+		t.Fatalf("replay: %+v", r)
+	}
+	// fn refusing: its error, at once.
+	r = updateThen(t, a, &handingOut, "201@pbx", now, location.Count{}, func([]location.Binding) ([]location.Binding, error) { return nil, errTestAbort })
+	if !errors.Is(r.err, errTestAbort) {
+		t.Fatalf("fn's error: %+v", r)
+	}
+	// Another sidecar writes: a's kept state is stale, and the update starts over from the
+	// hash the script answers with, losing nothing.
+	if _, err := b.Update(context.Background(), "201@pbx", now, adding("sip:201@10.0.0.2", now, nil)); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	r = updateThen(t, a, &handingOut, "201@pbx", now, location.Count{Nonce: "nonce-then", NC: 2, TTL: time.Minute}, adding("sip:201@10.0.0.3", now, &calls))
+	if r.err != nil || len(r.bs) != 3 || calls != 2 || r.inHandOut {
+		t.Fatalf("from a stale state: %+v after %d runs of fn", r, calls)
+	}
+	if bs, _ := b.Lookup(context.Background(), "201@pbx", now); len(bs) != 3 {
+		t.Fatalf("the other sidecar sees %v", bs)
+	}
+}
+
+// A Redis that has forgotten the script (restart, SCRIPT FLUSH) answers NOSCRIPT: the
+// update loads it and goes through.
+func TestRedisUpdateCountedThenAfterAFlush(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	s := location.NewRedis(raw, fmt.Sprintf("t%d:", prefixSeq.Add(1)))
+	var handingOut atomic.Bool
+	now := time.Now()
+	if r := updateThen(t, s, &handingOut, "201@pbx", now, location.Count{}, adding("sip:201@10.0.0.1", now, nil)); r.err != nil {
+		t.Fatal(r.err)
+	}
+	raw.ScriptFlush(context.Background())
+	if r := updateThen(t, s, &handingOut, "201@pbx", now, location.Count{}, adding("sip:201@10.0.0.2", now, nil)); r.err != nil || len(r.bs) != 2 {
+		t.Fatalf("after SCRIPT FLUSH: %+v", r)
+	}
+}
+
+var errTestAbort = errors.New("test: fn refused")

@@ -17,16 +17,37 @@ import (
 // apply stores an authenticated REGISTER's contacts atomically (RFC 3261 §10.3 steps 6-8)
 // and answers with every binding.
 func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src Source, v authhook.Verdict, now time.Time) *answer {
-	var added, removed []location.Binding
-	var natKeys []string // few: a REGISTER's contacts
+	var ch change
+	result, err := r.store.UpdateCounted(ctx, rq.aor, now, rq.count, r.changeFn(req, rq, src, v, now, &ch))
+	return r.applied(ctx, req, rq, src, &ch, result, err, now)
+}
+
+// applyThen is apply through a Deferred store: then gets the answer from the goroutine
+// that reads the store's.
+func (r *Registrar) applyThen(ctx context.Context, req *sip.Request, rq request, src Source, v authhook.Verdict, now time.Time, then func(*answer)) {
+	ch := new(change)
+	r.defer_.UpdateCountedThen(ctx, rq.aor, now, rq.count, r.changeFn(req, rq, src, v, now, ch), func(result []location.Binding, err error) {
+		then(r.applied(ctx, req, rq, src, ch, result, err, now))
+	})
+}
+
+// change is what a REGISTER's update did, as its last run of changeFn's fn saw it.
+type change struct {
+	added, removed []location.Binding
+	natKeys        []string // few: a REGISTER's contacts
+	retransmission bool
+}
+
+// changeFn is the update of rq's AOR: the store may run it more than once, one run at a
+// time, and ch holds what the last run did.
+func (r *Registrar) changeFn(req *sip.Request, rq request, src Source, v authhook.Verdict, now time.Time, ch *change) func([]location.Binding) ([]location.Binding, error) {
 	name := v.DisplayName
 	if name == "" {
 		name = rq.displayName
 	}
-	retransmission := false
 	source := src.Addr()
-	result, err := r.store.UpdateCounted(ctx, rq.aor, now, rq.count, func(cur []location.Binding) ([]location.Binding, error) {
-		added, removed, natKeys, retransmission = added[:0], removed[:0], natKeys[:0], false
+	return func(cur []location.Binding) ([]location.Binding, error) {
+		ch.added, ch.removed, ch.natKeys, ch.retransmission = ch.added[:0], ch.removed[:0], ch.natKeys[:0], false
 		if rq.wildcard {
 			// "*" removes every binding, unless one of this Call-ID is newer (step 6).
 			for _, b := range cur {
@@ -34,7 +55,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 					return nil, errOutOfOrder
 				}
 			}
-			removed = append(removed, cur...)
+			ch.removed = append(ch.removed, cur...)
 			return nil, nil
 		}
 		next := cur // fn owns cur (location.Store)
@@ -44,7 +65,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 				switch {
 				case rq.cseq == next[i].CSeq:
 					// The same request again (its answer was lost): answer, change nothing.
-					retransmission = true
+					ch.retransmission = true
 					continue
 				case rq.cseq < next[i].CSeq:
 					return nil, errOutOfOrder
@@ -52,7 +73,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 			}
 			if c.expires == 0 {
 				if i >= 0 {
-					removed = append(removed, next[i])
+					ch.removed = append(ch.removed, next[i])
 					next = append(next[:i], next[i+1:]...)
 				}
 				continue
@@ -69,20 +90,24 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 				CallStatusHook: v.CallStatusHook, WebRTC: src.Transport == "ws" || src.Transport == "wss",
 			}
 			if b.NAT {
-				natKeys = append(natKeys, b.Key())
+				ch.natKeys = append(ch.natKeys, b.Key())
 			}
 			if i >= 0 {
 				next[i] = b
 			} else {
 				next = append(next, b)
-				added = append(added, b)
+				ch.added = append(ch.added, b)
 			}
 		}
 		if len(next) > r.cfg.MaxContacts {
 			return nil, errTooMany
 		}
 		return next, nil
-	})
+	}
+}
+
+// applied answers a REGISTER by its update's outcome, and tells Events what changed.
+func (r *Registrar) applied(ctx context.Context, req *sip.Request, rq request, src Source, ch *change, result []location.Binding, err error, now time.Time) *answer {
 	switch {
 	case errors.Is(err, location.ErrReplay):
 		return r.replayed(ctx, req, rq, src)
@@ -98,15 +123,15 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 		return r.unavailable()
 	}
 	if r.events != nil {
-		for _, b := range added {
+		for _, b := range ch.added {
 			r.events.Registered(b)
 		}
-		for _, b := range removed {
+		for _, b := range ch.removed {
 			r.events.Unregistered(b)
 		}
 	}
 	switch {
-	case retransmission:
+	case ch.retransmission:
 		r.count("retransmission")
 	case len(rq.contacts) == 0 && !rq.wildcard:
 		r.count("query")
@@ -115,7 +140,7 @@ func (r *Registrar) apply(ctx context.Context, req *sip.Request, rq request, src
 	default:
 		r.count("ok")
 	}
-	return r.ok(result, natKeys, now)
+	return r.ok(result, ch.natKeys, now)
 }
 
 // natRefresh answers a refresh without credentials when every contact is already bound,

@@ -42,6 +42,9 @@ type request struct {
 	displayName     string
 	realm           string         // the realm it is challenged in
 	count           location.Count // its nonce count, once credentials are checked
+	// detached: answered by HandleLater with a Deferred store, on goroutines that must not
+	// wait (the reader's, the hook's, the store's)
+	detached bool
 }
 
 // errors that become answers
@@ -66,6 +69,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source, 
 		realm = rq.host
 	}
 	rq.realm = realm
+	rq.detached = lt != nil && r.defer_ != nil
 
 	// A NATed phone refreshing its pinhole from the same place is answered from the store
 	// without a challenge or a hook call (jambonz behaviour).
@@ -90,12 +94,22 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source, 
 	}
 	if lh, ok := r.hook.(LaterHook); ok && lt != nil {
 		lh.CheckLater(hr, func(v authhook.Verdict, err error) {
-			lt.done(r.finish(lt.w, req, r.judge(ctx, req, rq, src, v, err, now)))
+			r.judgeThen(ctx, req, rq, src, v, err, now, func(a *answer) { lt.done(r.finish(lt.w, req, a)) })
 		})
 		return waiting
 	}
 	verdict, err := r.hook.Check(ctx, hr)
 	return r.judge(ctx, req, rq, src, verdict, err, now)
+}
+
+// judgeThen is judge for a REGISTER answered later: then gets the answer, from the
+// goroutine that reads the store's when the store is Deferred and the REGISTER detached.
+func (r *Registrar) judgeThen(ctx context.Context, req *sip.Request, rq request, src Source, verdict authhook.Verdict, err error, now time.Time, then func(*answer)) {
+	if err != nil || !verdict.OK || !rq.detached {
+		then(r.judge(ctx, req, rq, src, verdict, err, now))
+		return
+	}
+	r.applyThen(ctx, req, rq, src, verdict, now, then)
 }
 
 // judge answers an authenticated REGISTER by the hook's verdict.
@@ -106,7 +120,7 @@ func (r *Registrar) judge(ctx context.Context, req *sip.Request, rq request, src
 		return r.unavailable()
 	}
 	if !verdict.OK {
-		r.authFailed(ctx, rq.aor, src, "rejected by auth hook")
+		r.authFailed(ctx, rq, src, "rejected by auth hook")
 		r.count("forbidden")
 		res := r.reply(403, "Forbidden")
 		if msg := headerSafe(verdict.Msg); msg != "" {
@@ -158,7 +172,7 @@ func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipd
 	}
 	if creds.Username != rq.user {
 		// RFC 3261 §10.3 step 3: the authenticated user may not bind someone else's AOR.
-		r.authFailed(context.Background(), rq.aor, src, "auth username differs from the To user")
+		r.authFailed(context.Background(), *rq, src, "auth username differs from the To user")
 		r.count("forbidden")
 		return creds, r.reply(403, "Forbidden")
 	}
@@ -189,7 +203,7 @@ func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipd
 
 // replayed answers a REGISTER whose nonce count was already taken: a fresh challenge.
 func (r *Registrar) replayed(ctx context.Context, req *sip.Request, rq request, src Source) *answer {
-	r.authFailed(ctx, rq.aor, src, "replayed nonce count")
+	r.authFailed(ctx, rq, src, "replayed nonce count")
 	r.count("replay")
 	return r.challenge(req, rq.realm, false)
 }
@@ -202,10 +216,15 @@ func (r *Registrar) challenge(req *sip.Request, realm string, stale bool) *answe
 	return res
 }
 
-// authFailed writes the fail2ban line (never the digest) and tells the guard.
-func (r *Registrar) authFailed(ctx context.Context, aor string, src Source, reason string) {
-	r.log.Warn("SIP_AUTH_FAILED", "source", src.Addr(), "ip", src.IP, "aor", aor, "reason", reason)
-	r.guard.failed(ctx, src, r.now())
+// authFailed writes the fail2ban line (never the digest) and tells the guard, on a
+// goroutine of its own when rq is detached (its Bans may wait for Redis).
+func (r *Registrar) authFailed(ctx context.Context, rq request, src Source, reason string) {
+	r.log.Warn("SIP_AUTH_FAILED", "source", src.Addr(), "ip", src.IP, "aor", rq.aor, "reason", reason)
+	if now := r.now(); rq.detached {
+		go r.guard.failed(context.WithoutCancel(ctx), src, now)
+	} else {
+		r.guard.failed(ctx, src, now)
+	}
 }
 
 // header is req's first header called name, in any case; headers appends all of them to out

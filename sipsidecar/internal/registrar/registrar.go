@@ -85,6 +85,7 @@ type Metrics interface {
 type Registrar struct {
 	cfg     Config
 	store   location.Store
+	defer_  location.Deferred // the store, when its writes can finish without a goroutine waiting
 	nonces  *digest.Nonces
 	hook    Hook
 	events  Events
@@ -140,7 +141,8 @@ func New(o Options) *Registrar {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Registrar{cfg: c, store: o.Store, nonces: o.Nonces, hook: o.Hook, events: o.Events,
+	d, _ := o.Store.(location.Deferred)
+	return &Registrar{cfg: c, store: o.Store, defer_: d, nonces: o.Nonces, hook: o.Hook, events: o.Events,
 		metrics: o.Metrics, guard: o.Guard, log: o.Logger, now: o.Now}
 }
 
@@ -158,12 +160,15 @@ const Waiting = -1
 
 // HandleLater is Handle for a caller that need not wait for the auth hook. A REGISTER
 // whose verdict comes from the hook (a LaterHook) returns Waiting at once: its answer is
-// written into w later and done gets its status code (or 0), exactly once, on the goroutine
-// that heard the verdict, which may be before HandleLater returns. That goroutine also
-// runs the rest of the REGISTER, the store update included, so this is only for stores
-// that never wait (the memory store): with a store that waits, answers would queue
-// behind each other's round trips. Everything else is answered as Handle does, and done
-// is not called.
+// written into w later and done gets its status code (or 0), exactly once, from the
+// goroutine that finished it, which may be before HandleLater returns. With a store that
+// never waits (memory), that is the goroutine that heard the verdict, which also runs the
+// store update. With a Deferred store (Redis) the verdict's goroutine only starts the
+// update, and the goroutine that reads the store's answer finishes the REGISTER; an auth
+// failure is then reported to the guard (whose Bans wait too) on a goroutine of its own.
+// Everything else is answered as Handle does, and done is not called: with a store or Bans
+// that wait, callers give HandleLater only a REGISTER with credentials from a source whose
+// ban state is remembered (KnowsSource).
 func (r *Registrar) HandleLater(ctx context.Context, req *sip.Request, src Source, w *bytes.Buffer, done func(code int)) int {
 	a := r.handle(ctx, req, src, &later{w: w, done: done})
 	if a == waiting {
@@ -250,6 +255,10 @@ func (r *Registrar) Immediate(req *sip.Request, src Source) bool {
 	existing, known := r.store.Recall(rq.aor, r.now())
 	return known && !refreshes(existing, rq, src)
 }
+
+// KnowsSource says whether the guard decides on src without asking its Bans (always, with
+// bans in memory).
+func (r *Registrar) KnowsSource(src Source) bool { return r.guard.knows(src.IP, r.now()) }
 
 // routable says whether an answer to req can be written and routed: it has a Via, and every
 // Via names its protocol, version, transport and host (RFC 3261 §18.2.2 sends the answer by

@@ -496,6 +496,47 @@ func TestHandleLater(t *testing.T) {
 		}
 	})
 
+	t.Run("with a Deferred store the store's answer finishes the REGISTER, and failures reach the guard apart", func(t *testing.T) {
+		h := &laterHook{hookFunc: passwordHook}
+		store := &heldStore{Memory: location.NewMemory()}
+		nonces := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0 })
+		bans := &failureBans{Bans: location.NewMemoryBans(func() time.Time { return t0 })}
+		r := New(Options{Store: store, Nonces: nonces, Hook: h, Guard: &Guard{Bans: bans},
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return t0 }})
+		var w bytes.Buffer
+		code, res := later(r, msg(t, reg(contact), goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), &w)
+		if code != Waiting || len(h.kept) != 1 {
+			t.Fatalf("HandleLater returned %d with %d callbacks", code, len(h.kept))
+		}
+		h.kept[0]() // the verdict starts the update, and returns without waiting for it
+		if res.calls.Load() != 0 || len(store.held) != 1 {
+			t.Fatalf("after the verdict: done %d times, %d updates held; want none and one", res.calls.Load(), len(store.held))
+		}
+		store.held[0]() // the store's answer
+		if res.calls.Load() != 1 || res.code != 200 || parseAnswer(t, w.Bytes()).StatusCode != 200 {
+			t.Fatalf("after the store's answer: done %d times with %d", res.calls.Load(), res.code)
+		}
+		if bs, _ := store.Lookup(ctx, "201@pbx", t0); len(bs) != 1 {
+			t.Fatalf("stored %+v", bs)
+		}
+		// A rejected verdict is answered by the verdict's goroutine; the failure reaches the
+		// guard's Bans on a goroutine of its own.
+		h.hookFunc = func(authhook.Request) (authhook.Verdict, error) { return authhook.Verdict{Msg: "no"}, nil }
+		w.Reset()
+		code, res = later(r, msg(t, reg(contact), goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), &w)
+		h.kept[1]()
+		if code != Waiting || res.calls.Load() != 1 || res.code != 403 || len(store.held) != 1 {
+			t.Fatalf("rejected: %d, done %d times with %d, %d updates", code, res.calls.Load(), res.code, len(store.held))
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for bans.fails.Load() != 1 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if bans.fails.Load() != 1 {
+			t.Fatalf("%d failures reached the Bans, want 1", bans.fails.Load())
+		}
+	})
+
 	t.Run("a hook that cannot answer later is waited for", func(t *testing.T) {
 		r, _, nonces := newTestRegistrar(passwordHook, nil)
 		var w bytes.Buffer
@@ -576,4 +617,26 @@ func TestImmediateForecastsWhatNeedsNoRoundTrip(t *testing.T) {
 	if !r.Immediate(msg(t, strings.Replace(reg("Contact: <sip:201@h>"), "To: <sip:201@pbx>", "To: <tel:201>", 1), ""), udp) {
 		t.Fatal("a bad REGISTER is not immediate")
 	}
+}
+
+// heldStore is a Deferred store whose updates wait for the test to answer them, as the
+// Redis store's wait for Redis.
+type heldStore struct {
+	*location.Memory
+	held []func()
+}
+
+func (s *heldStore) UpdateCountedThen(ctx context.Context, aor string, now time.Time, c location.Count, fn func([]location.Binding) ([]location.Binding, error), then func([]location.Binding, error)) {
+	s.held = append(s.held, func() { then(s.UpdateCounted(ctx, aor, now, c, fn)) })
+}
+
+// failureBans is a shared ban list that counts the failures it hears of.
+type failureBans struct {
+	location.Bans
+	fails atomic.Int32
+}
+
+func (b *failureBans) Fail(ctx context.Context, ip string, window time.Duration) (int, error) {
+	b.fails.Add(1)
+	return b.Bans.Fail(ctx, ip, window)
 }
