@@ -193,14 +193,20 @@ func refreshes(existing []location.Binding, rq request, src Source) bool {
 	if len(existing) == 0 {
 		return false
 	}
-	source := src.Addr()
+	source := "" // formatted once a binding passes the cheaper checks
 	for _, c := range rq.contacts {
 		i := indexOf(existing, c.key())
 		if i < 0 {
 			return false
 		}
 		b := existing[i]
-		if !b.NAT || b.Source != source || b.Transport != src.Transport || b.CallID != rq.callID || rq.cseq <= b.CSeq {
+		if !b.NAT || b.Transport != src.Transport || b.CallID != rq.callID || rq.cseq <= b.CSeq {
+			return false
+		}
+		if source == "" {
+			source = src.Addr()
+		}
+		if b.Source != source {
 			return false
 		}
 	}
