@@ -415,7 +415,9 @@ func refuse(w http.ResponseWriter, v verdict, wrongType, msg string, now time.Ti
 func (app *App) mediaDecision(r *http.Request, c *token.Claims, v verdict) {
 	switch v {
 	case verdictOK:
-		app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
+		if app.seclog != nil || app.debug { // else event would write it nowhere
+			app.event(seclog.MediaAccessGranted, "Media access granted for user: "+c.Username, clientIP(r))
+		}
 	case verdictWrongType:
 		app.event(seclog.MediaAccessDenied, "Media access denied: refresh token used for user: "+c.Username, clientIP(r))
 	case verdictUnavailable:
