@@ -888,3 +888,33 @@ func TestRedisUpdateCountedThenAfterAFlush(t *testing.T) {
 }
 
 var errTestAbort = errors.New("test: fn refused")
+
+// SIPSIDECAR_REDIS_CACHE_AORS=0: nothing is kept, every update starts from the guess of an
+// empty hash and, for a known AOR, from the hash the script answers with; nothing is lost.
+func TestRedisWithoutStateCache(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	s, _ := openRedis(t, srv.URL())
+	s.KeepAORs(0)
+	ctx := context.Background()
+	now := time.Now()
+	for i, contact := range []string{"sip:201@10.0.0.1", "sip:201@10.0.0.2", "sip:201@10.0.0.3"} {
+		calls := 0
+		c := location.Count{Nonce: "nonce-nocache", NC: uint64(i + 1), TTL: time.Minute}
+		got, err := s.UpdateCounted(ctx, "201@pbx", now, c, adding(contact, now, &calls))
+		if err != nil || len(got) != i+1 {
+			t.Fatalf("update %d: %v %v", i, got, err)
+		}
+		if want := min(i+1, 2); calls != want {
+			t.Fatalf("update %d ran fn %d times, want %d (an empty guess, then the hash)", i, calls, want)
+		}
+	}
+	if _, ok := s.Recall("201@pbx", now); ok {
+		t.Fatal("a store that keeps nothing recalls an AOR")
+	}
+	if _, err := s.UpdateCounted(ctx, "201@pbx", now, location.Count{Nonce: "nonce-nocache", NC: 3, TTL: time.Minute}, adding("sip:evil", now, nil)); !errors.Is(err, location.ErrReplay) {
+		t.Fatalf("replayed count: %v", err)
+	}
+	if bs, err := s.Lookup(ctx, "201@pbx", now); err != nil || len(bs) != 3 {
+		t.Fatalf("lookup: %v %v", bs, err)
+	}
+}
