@@ -84,7 +84,7 @@ func settings() []setting {
 			c.HookBatchWait, err = duration(v, 0, 100*time.Millisecond)
 			return
 		}},
-		{"WORKERS", "1024", "SIP requests handled at once (each may wait for the store and the hook); as many UDP requests may wait, more are dropped", func(c *Config, v string) (err error) { c.Workers, err = integer(v, 1, 100000); return }},
+		{"WORKERS", "1024", "UDP requests waiting for their answers (the hook, Redis): beyond twice this many new ones are dropped, beyond this many those answered at once are shed", func(c *Config, v string) (err error) { c.Workers, err = integer(v, 1, 100000); return }},
 		{"PROCS", "1", "cores that run the sidecar's Go code at once (GOMAXPROCS); 0 = Go's choice (GOMAXPROCS from the environment, else every core it may use)", func(c *Config, v string) (err error) { c.Procs, err = integer(v, 0, 1024); return }},
 		{"NONCE_SECRET", "", "HMAC key of digest nonces (share it between sidecars); empty = random per process", func(c *Config, v string) error {
 			c.NonceSecret = v
