@@ -72,11 +72,16 @@ func (c *aorStates) put(aor string, rd *hashRead) {
 		delete(c.prev, aor)
 		return
 	}
+	c.keepLocked(aor, rd)
+	delete(c.prev, aor)
+}
+
+// keepLocked puts rd in the newer generation, which becomes the older one when full.
+func (c *aorStates) keepLocked(aor string, rd *hashRead) {
 	if _, ok := c.cur[aor]; !ok && len(c.cur) >= c.max {
 		c.prev, c.cur = c.cur, make(map[string]*hashRead, c.max)
 	}
 	c.cur[aor] = rd
-	delete(c.prev, aor)
 }
 
 // get returns aor's kept state; an entry of the older generation moves to the newer.
@@ -91,10 +96,7 @@ func (c *aorStates) get(aor string) (*hashRead, bool) {
 		return nil, false
 	}
 	delete(c.prev, aor)
-	if len(c.cur) >= c.max {
-		c.prev, c.cur = c.cur, make(map[string]*hashRead, c.max)
-	}
-	c.cur[aor] = rd
+	c.keepLocked(aor, rd)
 	return rd, true
 }
 

@@ -147,13 +147,8 @@ func (r *Registrar) applied(ctx context.Context, req *sip.Request, rq request, s
 // live, NATed, from this very source and transport, in this Call-ID with a higher CSeq.
 // The binding keeps its granted expiry; only CSeq and UpdatedAt move. nil: not a refresh.
 func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request, src Source, now time.Time) *answer {
-	if rq.wildcard || len(rq.contacts) == 0 {
+	if !mayRefresh(rq) {
 		return nil
-	}
-	for _, c := range rq.contacts {
-		if c.expires == 0 {
-			return nil // unregistering always needs credentials
-		}
 	}
 	// What this sidecar last saw of the AOR decides whether to try; the Update checks it.
 	existing, known := r.store.Recall(rq.aor, now)
@@ -184,6 +179,20 @@ func (r *Registrar) natRefresh(ctx context.Context, req *sip.Request, rq request
 	}
 	r.count("nat_refresh")
 	return r.ok(result, natKeys, now)
+}
+
+// mayRefresh says whether rq could be a NAT refresh at all: it binds contacts, and
+// unregisters none (unregistering always needs credentials).
+func mayRefresh(rq request) bool {
+	if rq.wildcard || len(rq.contacts) == 0 {
+		return false
+	}
+	for _, c := range rq.contacts {
+		if c.expires == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // refreshes says whether rq, without credentials, would refresh existing as a NAT refresh:

@@ -114,20 +114,26 @@ func (g *Guard) knows(ip string, now time.Time) bool {
 	if _, local := g.Bans.(*location.MemoryBans); local {
 		return true
 	}
+	_, ok := g.memo(ip, now)
+	return ok
+}
+
+// memo is what Bans last said of ip, if that stands at now.
+func (g *Guard) memo(ip string, now time.Time) (banned, ok bool) {
 	g.mu.Lock()
 	m, ok := g.bans[ip]
 	g.mu.Unlock()
-	return ok && now.Before(m.until)
+	if !ok || !now.Before(m.until) {
+		return false, false
+	}
+	return m.banned, true
 }
 
 // banned asks Bans, or remembers its answer from less than banRecheck ago. A store that
 // cannot answer bans nobody (the rate limit still holds), and that is not remembered.
 func (g *Guard) banned(ctx context.Context, ip string, now time.Time) bool {
-	g.mu.Lock()
-	m, ok := g.bans[ip]
-	g.mu.Unlock()
-	if ok && now.Before(m.until) {
-		return m.banned
+	if banned, ok := g.memo(ip, now); ok {
+		return banned
 	}
 	banned, err := g.Bans.Banned(ctx, ip)
 	if err != nil {

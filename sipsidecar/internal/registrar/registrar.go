@@ -244,13 +244,8 @@ func (r *Registrar) Immediate(req *sip.Request, src Source) bool {
 		return true
 	}
 	rq, bad := r.parse(req)
-	if bad != nil || rq.wildcard || len(rq.contacts) == 0 {
-		return true
-	}
-	for _, c := range rq.contacts {
-		if c.expires == 0 {
-			return true // no NAT refresh: challenged
-		}
+	if bad != nil || !mayRefresh(rq) {
+		return true // answered, or challenged, from the request alone
 	}
 	existing, known := r.store.Recall(rq.aor, r.now())
 	return known && !refreshes(existing, rq, src)
