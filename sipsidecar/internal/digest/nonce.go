@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,13 +25,20 @@ var (
 	ErrInvalid = errors.New("digest: invalid nonce")
 )
 
-// nonce layout before base64url: 8 bytes issue time (unix seconds, big endian), 12 random
-// bytes, 16 bytes of HMAC-SHA256(secret, time|random).
+// nonce layout before base64url: 8 bytes issue time (unix seconds, big endian), 4 bytes of
+// the issuing Nonces' instance tag and 4 of its serial number (see Serial), 4 random bytes,
+// then 16 bytes of HMAC-SHA256(secret, the 20 before). The MAC makes the whole nonce
+// unpredictable to anyone without the secret; tag and serial make it unique, the random
+// bytes only add to that.
 const (
 	nonceRaw  = 8 + 12 + 16
 	nonceLen  = (nonceRaw*8 + 5) / 6 // base64url without padding
 	clockSkew = 5 * time.Second      // a nonce from a sidecar whose clock runs slightly ahead
 )
+
+// strict is the nonce encoding for decoding: one encoding, one nonce (Strict allocates its
+// copy on every call).
+var strict = base64.RawURLEncoding.Strict()
 
 // Nonces issues and checks nonces under one secret.
 type Nonces struct {
@@ -38,6 +46,9 @@ type Nonces struct {
 	ttl    time.Duration
 	now    func() time.Time
 	macs   sync.Pool // of *keyedMAC
+
+	tag    uint32        // random per Nonces: which nonces are this one's own
+	serial atomic.Uint32 // the last serial given out
 }
 
 // NewNonces returns a nonce maker; ttl is how long a nonce is fresh (then stale), now may be
@@ -51,41 +62,53 @@ func NewNonces(secret []byte, ttl time.Duration, now func() time.Time) *Nonces {
 		secret = make([]byte, 32)
 		rand.Read(secret)
 	}
-	return &Nonces{secret: append([]byte(nil), secret...), ttl: ttl, now: now}
+	var tag [4]byte
+	rand.Read(tag[:])
+	return &Nonces{secret: append([]byte(nil), secret...), ttl: ttl, now: now, tag: binary.BigEndian.Uint32(tag[:])}
 }
 
 // TTL is how long a nonce stays fresh.
 func (n *Nonces) TTL() time.Duration { return n.ttl }
 
-// mac is the first 16 bytes of HMAC-SHA256(secret, body). Keyed HMACs are pooled: a new
-// one hashes the key's pads again and allocates for every nonce made or checked.
+// mac is the first 16 bytes of HMAC-SHA256(secret, body), body at most 20 bytes. Keyed
+// HMACs are pooled: a new one hashes the key's pads again and allocates for every nonce
+// made or checked.
 func (n *Nonces) mac(out *[16]byte, body []byte) {
 	m, _ := n.macs.Get().(*keyedMAC)
 	if m == nil {
 		m = &keyedMAC{h: hmac.New(sha256.New, n.secret)}
 	}
 	m.h.Reset()
-	m.h.Write(body)
+	m.h.Write(m.body[:copy(m.body[:], body)])
 	copy(out[:], m.h.Sum(m.sum[:0]))
 	n.macs.Put(m)
 }
 
-// keyedMAC is a pooled HMAC with room for its sum, which would escape to the heap through
-// the hash.Hash interface if it were on the caller's stack.
+// keyedMAC is a pooled HMAC with room for its sum and its input, which would escape to the
+// heap through the hash.Hash interface if they were on the caller's stack.
 type keyedMAC struct {
-	h   hash.Hash
-	sum [sha256.Size]byte
+	h    hash.Hash
+	sum  [sha256.Size]byte
+	body [20]byte // what is hashed, copied here for the same reason
 }
 
 // Make returns a fresh nonce of token-safe characters.
 func (n *Nonces) Make() string {
 	var raw [nonceRaw]byte
 	binary.BigEndian.PutUint64(raw[:8], uint64(n.now().Unix()))
-	if _, err := rand.Read(raw[8:20]); err != nil {
+	binary.BigEndian.PutUint32(raw[8:12], n.tag)
+	s := n.serial.Add(1)
+	if s == 0 { // 0 is Serial's "not ours": skipped when the counter wraps
+		s = n.serial.Add(1)
+	}
+	binary.BigEndian.PutUint32(raw[12:16], s)
+	if _, err := rand.Read(raw[16:20]); err != nil {
 		panic("crypto/rand failed: " + err.Error())
 	}
 	n.mac((*[16]byte)(raw[20:]), raw[:20])
-	return base64.RawURLEncoding.EncodeToString(raw[:])
+	var out [nonceLen]byte
+	base64.RawURLEncoding.Encode(out[:], raw[:])
+	return string(out[:]) // the one allocation: EncodeToString makes two
 }
 
 // Check verifies that nonce was made under this secret and is fresh. It returns nil,
@@ -93,24 +116,40 @@ func (n *Nonces) Make() string {
 // future (another sidecar's clock is off: a fresh challenge with stale=true lets the phone
 // retry at once), or ErrInvalid for anything else, oversized input included.
 func (n *Nonces) Check(nonce string) error {
+	_, err := n.CheckSerial(nonce)
+	return err
+}
+
+// CheckSerial is Check that also returns the nonce's serial when this Nonces made it: a
+// number above zero, counting up from 1 in the order the nonces were made, so the nonces
+// in use at one time have serials close together (and 2³² of them wrap around only after
+// days at any rate a sidecar takes). It is 0 for a nonce made by another Nonces under the
+// same secret (another sidecar, or this one before a restart), and for any nonce Check
+// refuses.
+func (n *Nonces) CheckSerial(nonce string) (uint32, error) {
 	if len(nonce) != nonceLen {
-		return ErrInvalid
+		return 0, ErrInvalid
 	}
-	raw, err := base64.RawURLEncoding.Strict().DecodeString(nonce)
-	if err != nil || len(raw) != nonceRaw {
-		return ErrInvalid
+	var src [nonceLen]byte // on the stack, as raw is: a check allocates nothing
+	copy(src[:], nonce)
+	var raw [nonceRaw + 2]byte // Decode may write a partial group's bytes past nonceRaw
+	if k, err := strict.Decode(raw[:], src[:]); err != nil || k != nonceRaw {
+		return 0, ErrInvalid
 	}
 	var want [16]byte
 	n.mac(&want, raw[:20])
-	if !hmac.Equal(raw[20:], want[:]) {
-		return ErrInvalid
+	if !hmac.Equal(raw[20:nonceRaw], want[:]) {
+		return 0, ErrInvalid
 	}
 	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
 	now := n.now()
 	if issued.After(now.Add(clockSkew)) || now.Sub(issued) > n.ttl {
-		return ErrStale
+		return 0, ErrStale
 	}
-	return nil
+	if binary.BigEndian.Uint32(raw[8:12]) != n.tag {
+		return 0, nil
+	}
+	return binary.BigEndian.Uint32(raw[12:16]), nil
 }
 
 // AppendChallenge appends a WWW-Authenticate value offering algorithm with qop=auth (RFC

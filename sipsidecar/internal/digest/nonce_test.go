@@ -346,3 +346,34 @@ func BenchmarkCheckForged(b *testing.B) {
 		}
 	}
 }
+
+func TestCheckSerialTellsOwnNoncesApart(t *testing.T) {
+	a := NewNonces([]byte("shared"), time.Minute, at(0))
+	b := NewNonces([]byte("shared"), time.Minute, at(0)) // another sidecar on the same secret
+	for want := uint32(1); want <= 3; want++ {
+		nonce := a.Make()
+		if s, err := a.CheckSerial(nonce); err != nil || s != want {
+			t.Fatalf("own nonce %d: serial %d, %v", want, s, err)
+		}
+		if s, err := b.CheckSerial(nonce); err != nil || s != 0 {
+			t.Fatalf("the other's nonce: serial %d, %v; want 0 and accepted", s, err)
+		}
+	}
+	// The counter wraps past 0, which means "not ours".
+	a.serial.Store(^uint32(0))
+	if s, err := a.CheckSerial(a.Make()); err != nil || s != 1 {
+		t.Fatalf("after the wrap: serial %d, %v; want 1", s, err)
+	}
+	stale := NewNonces([]byte("shared"), time.Minute, at(-time.Hour))
+	old := stale.Make()
+	stale.now = at(0)
+	if s, err := stale.CheckSerial(old); !errors.Is(err, ErrStale) || s != 0 {
+		t.Fatalf("own stale nonce: serial %d, %v; want 0 and ErrStale", s, err)
+	}
+	if s, err := a.CheckSerial(strings.Repeat("A", nonceLen)); !errors.Is(err, ErrInvalid) || s != 0 {
+		t.Fatalf("garbage: serial %d, %v", s, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { a.CheckSerial(old) }); n != 0 {
+		t.Fatalf("CheckSerial allocates %.0f times", n)
+	}
+}

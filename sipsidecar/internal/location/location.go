@@ -58,6 +58,11 @@ type Count struct {
 	Nonce string
 	NC    uint64
 	TTL   time.Duration // how long the record lives
+	// Serial is the nonce's serial number when this process made it (digest.CheckSerial),
+	// else 0: where this process keeps its memory of the nonce's count (a dense array for
+	// its own nonces, see nonceCounters). It is a function of the nonce, so every count of
+	// one nonce must carry the same Serial; the counts are the same whatever it is.
+	Serial uint32
 }
 
 // Errors callers branch on.
@@ -93,16 +98,16 @@ type Store interface {
 	// Update.
 	UpdateCounted(ctx context.Context, aor string, now time.Time, c Count, fn func(current []Binding) ([]Binding, error)) ([]Binding, error)
 	// Replayed reports, without asking a shared server, whether this process has seen
-	// nonce counted at nc or above: a replay UpdateCounted would refuse. It answers false
-	// when it cannot tell (a count another sidecar took).
-	Replayed(nonce string, nc uint64) bool
+	// c's nonce counted at c.NC or above: a replay UpdateCounted would refuse. It answers
+	// false when it cannot tell (a count another sidecar took).
+	Replayed(c Count) bool
 	// Recall returns the AOR's live bindings as this process last read or wrote them,
 	// without asking a shared server. They may be out of date, so they serve only a
 	// decision that a later Update checks again. ok is false when nothing is known of aor.
 	Recall(aor string, now time.Time) (bindings []Binding, ok bool)
-	// UseNonce records nc for nonce; ErrReplay when nc is not above the last one seen.
-	// The record lives for ttl.
-	UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error
+	// UseNonce records c.NC for c.Nonce; ErrReplay when it is not above the last one seen.
+	// The record lives for c.TTL.
+	UseNonce(ctx context.Context, c Count) error
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error
 	Close() error

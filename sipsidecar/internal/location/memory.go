@@ -74,7 +74,7 @@ func (m *Memory) UpdateCounted(_ context.Context, aor string, now time.Time, c C
 		return nil, err
 	}
 	if c.Nonce != "" {
-		if err := m.nonces.use(c.Nonce, c.NC, c.TTL, m.now()); err != nil {
+		if err := m.nonces.use(c.Nonce, c.Serial, c.NC, c.TTL, m.now()); err != nil {
 			return nil, err
 		}
 	}
@@ -200,12 +200,12 @@ func (m *Memory) AORs(_ context.Context, now time.Time) ([]string, error) {
 }
 
 // UseNonce implements Store. A ttl below a millisecond counts as one millisecond, as in Redis.
-func (m *Memory) UseNonce(_ context.Context, nonce string, nc uint64, ttl time.Duration) error {
-	return m.nonces.use(nonce, nc, ttl, m.now())
+func (m *Memory) UseNonce(_ context.Context, c Count) error {
+	return m.nonces.use(c.Nonce, c.Serial, c.NC, c.TTL, m.now())
 }
 
 // Replayed implements Store.
-func (m *Memory) Replayed(nonce string, nc uint64) bool { return m.nonces.seen(nonce, nc, m.now()) }
+func (m *Memory) Replayed(c Count) bool { return m.nonces.seen(c.Nonce, c.Serial, c.NC, m.now()) }
 
 // Recall implements Store: this store is the truth, so it is Lookup.
 func (m *Memory) Recall(aor string, now time.Time) ([]Binding, bool) {

@@ -216,7 +216,7 @@ func benchUseNonce(b *testing.B, s location.Store) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if err := s.UseNonce(ctx, nonces[i%len(nonces)], uint64(1+i/len(nonces)), time.Minute); err != nil {
+		if err := s.UseNonce(ctx, location.Count{Nonce: nonces[i%len(nonces)], NC: uint64(1 + i/len(nonces)), TTL: time.Minute}); err != nil {
 			b.Fatal(err)
 		}
 		i++
@@ -230,7 +230,7 @@ func benchUseNonceFirst(b *testing.B, s location.Store) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if err := s.UseNonce(ctx, prefix+strconv.Itoa(i), 1, time.Minute); err != nil {
+		if err := s.UseNonce(ctx, location.Count{Nonce: prefix + strconv.Itoa(i), NC: 1, TTL: time.Minute}); err != nil {
 			b.Fatal(err)
 		}
 		i++

@@ -331,7 +331,7 @@ func (r *Redis) outcome(aor string, c Count, written *hashRead, res any) (final 
 		case 1:
 			r.states.put(aor, written)
 			if c.Nonce != "" {
-				r.seen.use(c.Nonce, c.NC, c.TTL, time.Now())
+				r.seen.use(c.Nonce, c.Serial, c.NC, c.TTL, time.Now())
 			}
 			return true, nil, nil
 		case -1:
@@ -517,7 +517,7 @@ func (r *Redis) Recall(aor string, now time.Time) ([]Binding, bool) {
 }
 
 // Replayed implements Store, from the counts this sidecar took itself.
-func (r *Redis) Replayed(nonce string, nc uint64) bool { return r.seen.seen(nonce, nc, time.Now()) }
+func (r *Redis) Replayed(c Count) bool { return r.seen.seen(c.Nonce, c.Serial, c.NC, time.Now()) }
 
 // liveOf is a copy of the bindings of all live at now.
 func liveOf(all []Binding, now time.Time) []Binding {
@@ -616,14 +616,15 @@ return 1`)
 // SET NX with the TTL, accepted if the nonce was never counted. Any other nc, and an nc 1
 // the nonce already has a count for (a replay, or a count of 0 before it), goes through the
 // compare script. Two sidecars racing on one nc 1: one SET wins, the other's script sees it.
-func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.Duration) error {
+func (r *Redis) UseNonce(ctx context.Context, c Count) error {
+	nonce, nc, ttl := c.Nonce, c.NC, c.TTL
 	ms := max(ttl.Milliseconds(), 1)
 	key := r.nonceKey(nonce)
 	if nc == 1 {
 		first := redis.NewStatusCmd(ctx, "set", key, nc, "px", ms, "nx")
 		switch err := r.p.do(ctx, first); {
 		case err == nil:
-			r.seen.use(nonce, nc, ttl, time.Now())
+			r.seen.use(nonce, c.Serial, nc, ttl, time.Now())
 			return nil
 		case !errors.Is(err, redis.Nil):
 			return unavailable(err)
@@ -636,7 +637,7 @@ func (r *Redis) UseNonce(ctx context.Context, nonce string, nc uint64, ttl time.
 	if ok == 0 {
 		return ErrReplay
 	}
-	r.seen.use(nonce, nc, ttl, time.Now())
+	r.seen.use(nonce, c.Serial, nc, ttl, time.Now())
 	return nil
 }
 

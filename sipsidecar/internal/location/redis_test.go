@@ -68,7 +68,7 @@ func TestRedisKeyLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UseNonce(ctx, "abc", 7, time.Minute); err != nil {
+	if err := s.UseNonce(ctx, location.Count{Nonce: "abc", NC: 7, TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	fields, _ := raw.HGetAll(ctx, "sipsidecar:aor:201@pbx").Result()
@@ -155,7 +155,7 @@ func every(ctx context.Context, s *location.Redis, now time.Time) map[string]err
 	_, errs["Expire"] = s.Expire(ctx, now, 10)
 	_, errs["Known"] = s.Known(ctx)
 	_, errs["AORs"] = s.AORs(ctx, now)
-	errs["UseNonce"] = s.UseNonce(ctx, fmt.Sprint("n-", now.UnixNano()), 1, time.Minute)
+	errs["UseNonce"] = s.UseNonce(ctx, location.Count{Nonce: fmt.Sprint("n-", now.UnixNano()), NC: 1, TTL: time.Minute})
 	errs["Ping"] = s.Ping(ctx)
 	_, errs["Bans.Banned"] = bans.Banned(ctx, "192.0.2.1")
 	_, errs["Bans.Fail"] = bans.Fail(ctx, "192.0.2.1", time.Minute)
@@ -175,7 +175,7 @@ func TestRedisRestartKeepsEverything(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.UseNonce(ctx, "n1", 5, time.Hour); err != nil {
+	if err := s.UseNonce(ctx, location.Count{Nonce: "n1", NC: 5, TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -200,7 +200,7 @@ func TestRedisRestartKeepsEverything(t *testing.T) {
 		if aors, err := st.AORs(ctx, t0); err != nil || fmt.Sprint(aors) != "[201@pbx 202@pbx]" {
 			t.Fatalf("%s AORs after restart: %v %v", name, aors, err)
 		}
-		if err := st.UseNonce(ctx, "n1", 5, time.Hour); !errors.Is(err, location.ErrReplay) {
+		if err := st.UseNonce(ctx, location.Count{Nonce: "n1", NC: 5, TTL: time.Hour}); !errors.Is(err, location.ErrReplay) {
 			t.Fatalf("%s: nonce count forgotten across the restart: %v", name, err)
 		}
 	}
@@ -382,7 +382,7 @@ func TestRedisConcurrentCommandsSharePipelines(t *testing.T) {
 				return []location.Binding{{AOR: aor, Contact: "sip:" + aor, ExpiresAt: now.Add(time.Hour), CallID: "c", CSeq: 1}}, nil
 			})
 			errs <- err
-			errs <- s.UseNonce(ctx, "nonce-"+strconv.Itoa(i), 1, time.Minute)
+			errs <- s.UseNonce(ctx, location.Count{Nonce: "nonce-" + strconv.Itoa(i), NC: 1, TTL: time.Minute})
 		})
 	}
 	wg.Wait()
@@ -497,10 +497,10 @@ func TestRedisRegistrationIsOneCommand(t *testing.T) {
 	}
 	// The count was taken by the same script: Redis refuses it again, and this sidecar
 	// knows without asking.
-	if err := s.UseNonce(ctx, "n2", 1, time.Minute); !errors.Is(err, location.ErrReplay) {
+	if err := s.UseNonce(ctx, location.Count{Nonce: "n2", NC: 1, TTL: time.Minute}); !errors.Is(err, location.ErrReplay) {
 		t.Fatalf("the count UpdateCounted took: %v, want ErrReplay", err)
 	}
-	if !s.Replayed("n2", 1) || s.Replayed("n2", 2) || s.Replayed("n-unknown", 1) {
+	if !s.Replayed(location.Count{Nonce: "n2", NC: 1}) || s.Replayed(location.Count{Nonce: "n2", NC: 2}) || s.Replayed(location.Count{Nonce: "n-unknown", NC: 1}) {
 		t.Fatal("Replayed does not match the counts taken")
 	}
 	sent()
@@ -565,10 +565,10 @@ func TestRedisReplayOnAnotherSidecarStoresNothing(t *testing.T) {
 	if _, err := a.UpdateCounted(ctx, "201@pbx", now, c, adding("sip:201@10.0.0.1", now, nil)); err != nil {
 		t.Fatal(err)
 	}
-	if !a.Replayed(c.Nonce, c.NC) {
+	if !a.Replayed(c) {
 		t.Fatal("the sidecar that took the count does not know it")
 	}
-	if b.Replayed(c.Nonce, c.NC) {
+	if b.Replayed(c) {
 		t.Fatal("a sidecar that never saw the count claims to")
 	}
 	for _, aor := range []string{"201@pbx", "202@pbx"} {
@@ -632,17 +632,17 @@ func TestRedisScriptsSurviveAFlush(t *testing.T) {
 	defer raw.Close()
 	s := location.NewRedis(raw, "")
 	ctx := context.Background()
-	if err := s.UseNonce(ctx, "n1", 1, time.Minute); err != nil {
+	if err := s.UseNonce(ctx, location.Count{Nonce: "n1", NC: 1, TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	// A restarted Redis (or SCRIPT FLUSH) no longer knows the scripts: EVALSHA says NOSCRIPT.
 	if err := raw.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UseNonce(ctx, "n1", 2, time.Minute); err != nil {
+	if err := s.UseNonce(ctx, location.Count{Nonce: "n1", NC: 2, TTL: time.Minute}); err != nil {
 		t.Fatalf("after SCRIPT FLUSH: %v", err)
 	}
-	if err := s.UseNonce(ctx, "n1", 2, time.Minute); !errors.Is(err, location.ErrReplay) {
+	if err := s.UseNonce(ctx, location.Count{Nonce: "n1", NC: 2, TTL: time.Minute}); !errors.Is(err, location.ErrReplay) {
 		t.Fatalf("replayed nc after the flush: %v, want ErrReplay", err)
 	}
 	now := time.Now()

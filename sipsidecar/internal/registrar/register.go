@@ -181,7 +181,8 @@ func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipd
 		r.count("challenged")
 		return creds, r.challenge(req, realm, false)
 	}
-	switch err := r.nonces.Check(creds.Nonce); {
+	serial, err := r.nonces.CheckSerial(creds.Nonce)
+	switch {
 	case errors.Is(err, digest.ErrStale):
 		r.count("stale")
 		return creds, r.challenge(req, realm, true)
@@ -194,10 +195,10 @@ func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipd
 		r.count("bad_request")
 		return creds, r.reply(400, "Malformed Authorization")
 	}
-	if r.store.Replayed(creds.Nonce, nc) {
+	rq.count = location.Count{Nonce: creds.Nonce, NC: nc, TTL: r.nonces.TTL() + time.Minute, Serial: serial}
+	if r.store.Replayed(rq.count) {
 		return creds, r.replayed(context.Background(), req, *rq, src)
 	}
-	rq.count = location.Count{Nonce: creds.Nonce, NC: nc, TTL: r.nonces.TTL() + time.Minute}
 	return creds, nil
 }
 

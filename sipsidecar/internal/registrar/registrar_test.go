@@ -186,7 +186,7 @@ func TestReplayNeverReachesTheHook(t *testing.T) {
 // tell, so only the store's write refuses the count.
 type forgetful struct{ location.Store }
 
-func (forgetful) Replayed(string, uint64) bool { return false }
+func (forgetful) Replayed(location.Count) bool { return false }
 
 func TestReplayThisSidecarCannotTellIsRefusedByTheStore(t *testing.T) {
 	calls := 0

@@ -482,11 +482,11 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 			want error
 		}{{1, nil}, {1, location.ErrReplay}, {3, nil}, {2, location.ErrReplay}, {3, location.ErrReplay}, {4, nil}, {0xffffffff, nil}, {0xffffffff, location.ErrReplay}}
 		for _, st := range steps {
-			if err := s.UseNonce(ctx, n, st.nc, time.Minute); !errors.Is(err, st.want) || (st.want == nil && err != nil) {
+			if err := s.UseNonce(ctx, location.Count{Nonce: n, NC: st.nc, TTL: time.Minute}); !errors.Is(err, st.want) || (st.want == nil && err != nil) {
 				t.Fatalf("nc %d: %v, want %v", st.nc, err, st.want)
 			}
 		}
-		if err := s.UseNonce(ctx, n+"-other", 1, time.Minute); err != nil {
+		if err := s.UseNonce(ctx, location.Count{Nonce: n + "-other", NC: 1, TTL: time.Minute}); err != nil {
 			t.Fatalf("another nonce has its own count: %v", err)
 		}
 		// A first use with nc 0, then 1: 1 is above 0 (the Redis store answers nc 1 with
@@ -495,7 +495,7 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 			nc   uint64
 			want error
 		}{{0, nil}, {0, location.ErrReplay}, {1, nil}, {1, location.ErrReplay}, {2, nil}} {
-			if err := s.UseNonce(ctx, n+"-zero", st.nc, time.Minute); !errors.Is(err, st.want) || (st.want == nil && err != nil) {
+			if err := s.UseNonce(ctx, location.Count{Nonce: n + "-zero", NC: st.nc, TTL: time.Minute}); !errors.Is(err, st.want) || (st.want == nil && err != nil) {
 				t.Fatalf("step %d, nc %d: %v, want %v", i, st.nc, err, st.want)
 			}
 		}
@@ -509,7 +509,7 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Go(func() {
-				switch err := s.UseNonce(ctx, n, 1, time.Minute); {
+				switch err := s.UseNonce(ctx, location.Count{Nonce: n, NC: 1, TTL: time.Minute}); {
 				case err == nil:
 					ok.Add(1)
 				case errors.Is(err, location.ErrReplay):
@@ -529,67 +529,78 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 		s := newStore(t)
 		n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
 		const ttl = 100 * time.Millisecond
-		if err := s.UseNonce(ctx, n, 5, ttl); err != nil {
+		if err := s.UseNonce(ctx, location.Count{Nonce: n, NC: 5, TTL: ttl}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.UseNonce(ctx, n, 5, ttl); !errors.Is(err, location.ErrReplay) {
+		if err := s.UseNonce(ctx, location.Count{Nonce: n, NC: 5, TTL: ttl}); !errors.Is(err, location.ErrReplay) {
 			t.Fatalf("within TTL: %v, want ErrReplay", err)
 		}
 		time.Sleep(ttl + 50*time.Millisecond) // the Store API takes no clock for nonces
-		if err := s.UseNonce(ctx, n, 1, ttl); err != nil {
+		if err := s.UseNonce(ctx, location.Count{Nonce: n, NC: 1, TTL: ttl}); err != nil {
 			t.Fatalf("after TTL: %v", err)
 		}
 	})
 
-	t.Run("UpdateCounted takes the count exactly when it stores", func(t *testing.T) {
-		s := newStore(t)
-		n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
-		c := location.Count{Nonce: n, NC: 1, TTL: time.Minute}
-		// fn refuses: nothing stored, and the count is still free.
-		if _, err := s.UpdateCounted(ctx, "a@d", t0, c, func([]location.Binding) ([]location.Binding, error) { return nil, errAbort }); !errors.Is(err, errAbort) {
-			t.Fatalf("fn's error: %v", err)
-		}
-		if s.Replayed(n, 1) {
-			t.Fatal("a count fn refused is taken")
-		}
-		b := bind("a@d", "sip:1", t0.Add(time.Hour))
-		if res, err := s.UpdateCounted(ctx, "a@d", t0, c, replace(b)); err != nil || contacts(res) != "[sip:1]" {
-			t.Fatalf("first use: %v %v", res, err)
-		}
-		if !s.Replayed(n, 1) || s.Replayed(n, 2) {
-			t.Fatal("Replayed after the count was taken")
-		}
-		// The same count again, on this AOR or another, stores nothing.
-		for _, aor := range []string{"a@d", "b@d"} {
-			runs := 0
-			_, err := s.UpdateCounted(ctx, aor, t0, c, func(cur []location.Binding) ([]location.Binding, error) {
-				runs++
-				return append(cur, bind(aor, "sip:replayed", t0.Add(time.Hour))), nil
-			})
-			if !errors.Is(err, location.ErrReplay) {
-				t.Fatalf("%s: replayed count: %v, want ErrReplay", aor, err)
+	// A Serial changes where the sidecar keeps its own memory of the count, not the count.
+	for _, serial := range []bool{false, true} {
+		t.Run(map[bool]string{false: "UpdateCounted takes the count exactly when it stores", true: "with a serial, UpdateCounted takes the count exactly when it stores"}[serial], func(t *testing.T) {
+			s := newStore(t)
+			n := fmt.Sprintf("nonce-%d", nonceSeq.Add(1))
+			c := location.Count{Nonce: n, NC: 1, TTL: time.Minute}
+			if serial {
+				c.Serial = uint32(nonceSeq.Add(1))
 			}
-			if bs, _ := s.Lookup(ctx, aor, t0); strings.Contains(contacts(bs), "replayed") {
-				t.Fatalf("%s: a replay stored %v", aor, bs)
+			at := func(nc uint64) location.Count { d := c; d.NC = nc; return d }
+			// fn refuses: nothing stored, and the count is still free.
+			if _, err := s.UpdateCounted(ctx, "a@d", t0, c, func([]location.Binding) ([]location.Binding, error) { return nil, errAbort }); !errors.Is(err, errAbort) {
+				t.Fatalf("fn's error: %v", err)
 			}
-		}
-		if err := s.UseNonce(ctx, n, 1, time.Minute); !errors.Is(err, location.ErrReplay) {
-			t.Fatalf("UseNonce of the count UpdateCounted took: %v", err)
-		}
-		// The next count goes through; a zero Count takes none.
-		c.NC = 2
-		if _, err := s.UpdateCounted(ctx, "a@d", t0, c, replace(bind("a@d", "sip:2", t0.Add(time.Hour)))); err != nil {
-			t.Fatalf("nc 2: %v", err)
-		}
-		for range 2 {
-			if _, err := s.UpdateCounted(ctx, "a@d", t0, location.Count{}, replace(b)); err != nil {
-				t.Fatalf("zero Count: %v", err)
+			if s.Replayed(at(1)) {
+				t.Fatal("a count fn refused is taken")
 			}
-		}
-		if s.Replayed(fmt.Sprintf("nonce-%d", nonceSeq.Add(1)), 1) {
-			t.Fatal("a nonce never counted is a replay")
-		}
-	})
+			b := bind("a@d", "sip:1", t0.Add(time.Hour))
+			if res, err := s.UpdateCounted(ctx, "a@d", t0, c, replace(b)); err != nil || contacts(res) != "[sip:1]" {
+				t.Fatalf("first use: %v %v", res, err)
+			}
+			if !s.Replayed(at(1)) || s.Replayed(at(2)) {
+				t.Fatal("Replayed after the count was taken")
+			}
+			// The same count again, on this AOR or another, stores nothing.
+			for _, aor := range []string{"a@d", "b@d"} {
+				runs := 0
+				_, err := s.UpdateCounted(ctx, aor, t0, c, func(cur []location.Binding) ([]location.Binding, error) {
+					runs++
+					return append(cur, bind(aor, "sip:replayed", t0.Add(time.Hour))), nil
+				})
+				if !errors.Is(err, location.ErrReplay) {
+					t.Fatalf("%s: replayed count: %v, want ErrReplay", aor, err)
+				}
+				if bs, _ := s.Lookup(ctx, aor, t0); strings.Contains(contacts(bs), "replayed") {
+					t.Fatalf("%s: a replay stored %v", aor, bs)
+				}
+			}
+			if err := s.UseNonce(ctx, c); !errors.Is(err, location.ErrReplay) {
+				t.Fatalf("UseNonce of the count UpdateCounted took: %v", err)
+			}
+			// The next count goes through; a zero Count takes none.
+			c.NC = 2
+			if _, err := s.UpdateCounted(ctx, "a@d", t0, c, replace(bind("a@d", "sip:2", t0.Add(time.Hour)))); err != nil {
+				t.Fatalf("nc 2: %v", err)
+			}
+			for range 2 {
+				if _, err := s.UpdateCounted(ctx, "a@d", t0, location.Count{}, replace(b)); err != nil {
+					t.Fatalf("zero Count: %v", err)
+				}
+			}
+			other := location.Count{Nonce: fmt.Sprintf("nonce-%d", nonceSeq.Add(1)), NC: 1}
+			if serial {
+				other.Serial = uint32(nonceSeq.Add(1))
+			}
+			if s.Replayed(other) {
+				t.Fatal("a nonce never counted is a replay")
+			}
+		})
+	}
 
 	t.Run("one count is taken once however many try at once", func(t *testing.T) {
 		s := newStore(t)
