@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -82,11 +83,16 @@ func (r *Registrar) changeFn(req *sip.Request, rq request, src Source, v authhoo
 			if v.Expires > 0 {
 				granted = min(granted, v.Expires) // never more than the hook allows
 			}
+			var was location.Binding
+			if i >= 0 {
+				was = next[i]
+			}
 			b := location.Binding{
 				AOR: rq.aor, Contact: c.uri, ExpiresAt: now.Add(time.Duration(granted) * time.Second),
-				Granted: granted, AuthAt: now, UpdatedAt: now, CallID: rq.callID, CSeq: rq.cseq,
-				Source: source, Transport: src.Transport, UserAgent: rq.userAgent, InstanceID: c.instance,
-				Q: c.q, NAT: behindNAT(req, c, src), DisplayName: name, CallHook: v.CallHook,
+				Granted: granted, AuthAt: now, UpdatedAt: now, CallID: own(was.CallID, rq.callID), CSeq: rq.cseq,
+				Source: source, Transport: src.Transport, UserAgent: own(was.UserAgent, rq.userAgent),
+				InstanceID: own(was.InstanceID, c.instance), Q: own(was.Q, c.q), NAT: behindNAT(req, c, src),
+				DisplayName: own(was.DisplayName, name), CallHook: v.CallHook,
 				CallStatusHook: v.CallStatusHook, WebRTC: src.Transport == "ws" || src.Transport == "wss",
 			}
 			if b.NAT {
@@ -276,4 +282,15 @@ func allZero(cs []contact) bool {
 		}
 	}
 	return len(cs) > 0
+}
+
+// own is s in memory of its own, for a binding that outlives the request: the request's
+// strings share the whole datagram's (sipserver's parser copies it once), which would
+// stay alive, credentials and all, as long as the binding. A refresh that sends what the
+// binding holds keeps the binding's copy.
+func own(held, s string) string {
+	if s == held {
+		return held
+	}
+	return strings.Clone(s)
 }

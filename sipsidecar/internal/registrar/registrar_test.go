@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/emiago/sipgo/sip"
 
@@ -639,4 +640,40 @@ type failureBans struct {
 func (b *failureBans) Fail(ctx context.Context, ip string, window time.Duration) (int, error) {
 	b.fails.Add(1)
 	return b.Bans.Fail(ctx, ip, window)
+}
+
+// A binding outlives its REGISTER: its strings must not point into the request's, which
+// sipserver's parser cuts from one copy of the whole datagram (credentials included).
+func TestBindingsOwnTheirStrings(t *testing.T) {
+	r, store, n := newTestRegistrar(hookFunc(func(authhook.Request) (authhook.Verdict, error) {
+		return authhook.Verdict{OK: true}, nil
+	}), nil)
+	raw := strings.Replace(reg(`Contact: <sip:201@127.0.0.1:5070>;q=0.5;+sip.instance="<urn:uuid:1>"`+"\nUser-Agent: phone/1"), "From: <sip:201@pbx>", `From: "Two Oh One" <sip:201@pbx>`, 1)
+	req := msg(t, raw, goodAuth(n, "201", "pbx", "MD5", "pw", 1))
+	if res := handle(t, r, req, src); res == nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %v", res)
+	}
+	bs, err := store.Lookup(context.Background(), "201@pbx", t0)
+	if err != nil || len(bs) != 1 {
+		t.Fatalf("bindings %v, %v", bs, err)
+	}
+	b := bs[0]
+	ua, _ := header(req, "user-agent").(interface{ Value() string })
+	instance, _ := req.Contact().Params.Get("+sip.instance")
+	q, _ := req.Contact().Params.Get("q")
+	for _, c := range []struct{ name, stored, sent string }{
+		{"Call-ID", b.CallID, req.CallID().Value()},
+		{"User-Agent", b.UserAgent, ua.Value()},
+		{"instance", "\"" + b.InstanceID + "\"", instance},
+		{"q", b.Q, q},
+		{"display name", b.DisplayName, req.From().DisplayName},
+	} {
+		if c.stored == "" || !strings.Contains(c.sent, c.stored) {
+			t.Fatalf("%s: stored %q, sent %q", c.name, c.stored, c.sent)
+		}
+		start, end := uintptr(unsafe.Pointer(unsafe.StringData(c.sent))), uintptr(unsafe.Pointer(unsafe.StringData(c.sent)))+uintptr(len(c.sent))
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(c.stored))); p >= start && p < end {
+			t.Fatalf("%s: the binding's string points into the request's", c.name)
+		}
+	}
 }

@@ -4,8 +4,9 @@
 // A registrar answers every request with one final response and keeps no dialog, so a
 // full transaction machine per request (sipgo's: a goroutine, a state machine and timers
 // that live 32 s) is mostly cost. Over UDP this package reads and writes many datagrams to
-// a system call (recvmmsg, sendmmsg: outbox.go), with a fixed set of workers, parses with
-// sipgo's parser, and keeps only what RFC 3261 §17.2.2 needs: a retransmitted
+// a system call (recvmmsg, sendmmsg: outbox.go), with a fixed set of workers, parses the
+// plain requests phones send itself (parse.go) and the rest with sipgo's parser, into
+// sipgo's message types, and keeps only what RFC 3261 §17.2.2 needs: a retransmitted
 // request whose transaction is still being handled is absorbed, and one whose transaction
 // completed gets the same response bytes again for Timer J (32 s). TCP and WebSocket go
 // through sipgo's transport layer (connection handling, stream framing); they are reliable,
@@ -210,15 +211,22 @@ func (s *Server) datagram(box *outbox, jobs chan<- udpJob, data []byte, ip netip
 	if len(bytes.Trim(data, "\r\n\x00 \t")) == 0 {
 		return // keep-alive (RFC 5626 §3.5.1 CRLF, or padding)
 	}
-	msg, err := s.parser.ParseSIP(data)
-	if err != nil {
-		// Never the datagram itself: it may carry a digest response.
-		s.log.Debug("unparsable datagram", "source", netip.AddrPortFrom(ip, port).String(), "bytes", len(data), "err", err)
-		return
+	req := parseRequest(data) // the plain shape, cheaply; anything else through sipgo
+	if req == nil {
+		msg, err := s.parser.ParseSIP(data)
+		if err != nil {
+			// Never the datagram itself: it may carry a digest response.
+			s.log.Debug("unparsable datagram", "source", netip.AddrPortFrom(ip, port).String(), "bytes", len(data), "err", err)
+			return
+		}
+		r, ok := msg.(*sip.Request)
+		if !ok {
+			return // a registrar sends no requests, so it expects no responses
+		}
+		req = r
 	}
-	req, ok := msg.(*sip.Request)
-	if !ok || req.IsAck() {
-		return // a registrar sends no requests, and answers nothing it would need an ACK for
+	if req.IsAck() {
+		return // it answers nothing it would need an ACK for
 	}
 	from := netip.AddrPortFrom(ip, port)
 	source := from.String()
