@@ -457,7 +457,7 @@ say "| benchmark | ns/op | B/op | allocs/op |"
 say "|---|---:|---:|---:|"
 go test -run '^$' -bench . -benchmem -benchtime "$BENCHTIME" \
 	./caddymodule/internal/token/ ./caddymodule/internal/users/ ./internal/sipdigest/ \
-	./sipsidecar/internal/digest/ ./sipsidecar/internal/location/ ./caddymodule/internal/store/ 2>/dev/null |
+	./sipsidecar/internal/digest/ ./sipsidecar/internal/location/ ./sipsidecar/internal/sipserver/ ./caddymodule/internal/store/ 2>/dev/null |
 	awk '/^Benchmark/ { ns = b = a = "";
 		for (i = 2; i < NF; i++) { if ($(i+1) == "ns/op") ns = $i; if ($(i+1) == "B/op") b = $i; if ($(i+1) == "allocs/op") a = $i }
 		printf "| %s | %s | %s | %s |\n", $1, ns, b, a }' >>"$RES"
@@ -489,7 +489,7 @@ APIPATH=/pbxcore/api/module-softphone-backend/v1
 		echo "- Fan-out, each row: \`bin/fanout -sub <subscribe URL> -pub <publish URL> -n <N> -mode longpoll|eventsource -pid <server pid> -timeout 30s\`."
 	fi
 	if part 4; then
-		echo "- Microbenchmarks: \`go test -run '^\$' -bench . -benchmem -benchtime $BENCHTIME ./caddymodule/internal/token/ ./caddymodule/internal/users/ ./internal/sipdigest/ ./sipsidecar/internal/digest/ ./sipsidecar/internal/location/ ./caddymodule/internal/store/\`."
+		echo "- Microbenchmarks: \`go test -run '^\$' -bench . -benchmem -benchtime $BENCHTIME ./caddymodule/internal/token/ ./caddymodule/internal/users/ ./internal/sipdigest/ ./sipsidecar/internal/digest/ ./sipsidecar/internal/location/ ./sipsidecar/internal/sipserver/ ./caddymodule/internal/store/\`."
 	fi
 	echo ""
 } >>"$RES"
