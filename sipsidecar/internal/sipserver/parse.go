@@ -12,8 +12,8 @@ import (
 // cases) into the same sip.Request sipgo's parser makes, field for field, at a fraction of
 // its cost: one copy of the datagram that every string of the request points into, and
 // one allocation for all its typed headers and their parameters, where sipgo's makes a
-// string and an object per header and a slice per parameter list (40 allocations for a
-// REGISTER with credentials, 4 µs; this, 8).
+// string and an object per header and a slice per parameter list (for SIPp's REGISTER
+// with credentials, 40 allocations and about 3 µs on the bench's VM; this, 8 and under 2).
 //
 // It returns nil for anything else, and the caller parses with sipgo: a response, a body,
 // a folded line, a header list with commas, a quoted string with escapes, a URI that is not
@@ -535,14 +535,14 @@ func visible(c byte) bool { return c > ' ' && c < 0x7f }
 // indexCRLF is where s's first line ends: the index of its CR, which must come before
 // an LF; -1 when it has none or a CR comes alone.
 func indexCRLF[T string | []byte](s T) int {
-	i := bytealgIndexCR(s)
+	i := indexCR(s)
 	if i < 0 || i+1 >= len(s) || s[i+1] != '\n' {
 		return -1
 	}
 	return i
 }
 
-func bytealgIndexCR[T string | []byte](s T) int {
+func indexCR[T string | []byte](s T) int {
 	switch v := any(s).(type) {
 	case string:
 		return strings.IndexByte(v, '\r')
