@@ -1,7 +1,6 @@
 package sipserver
 
 import (
-	"bytes"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
@@ -26,13 +25,12 @@ func parseRequest(data []byte) *sip.Request {
 	if len(data) > sip.ParseMaxMessageLength || len(data) < 16 {
 		return nil
 	}
-	if line := indexCRLF(data); line < 0 || !plainStartLine(data[:line]) {
-		return nil // not a request of ours: no need to copy it
-	}
 	msg := string(data)
+	end := indexCRLF(msg)
+	if end < 0 || !plainStartLine(msg[:end]) {
+		return nil
+	}
 	a := new(arena)
-
-	end := indexCRLF(msg) // the same as above, on msg
 	line := msg[:end]
 	sp1 := strings.IndexByte(line, ' ')
 	sp2 := sp1 + 1 + strings.IndexByte(line[sp1+1:], ' ')
@@ -401,14 +399,14 @@ func cseq(s string, h *sip.CSeqHeader) bool {
 
 // plainStartLine reports whether line is "METHOD sip-or-sips-URI SIP/2.0", the method in
 // upper case (sipgo upper-cases it: a copy for any other).
-func plainStartLine(line []byte) bool {
-	sp1 := indexByte(line, ' ')
-	if sp1 <= 0 || !isAllBytes(line[:sp1], cUpper) {
+func plainStartLine(line string) bool {
+	sp1 := strings.IndexByte(line, ' ')
+	if sp1 <= 0 || !isAll(line[:sp1], cUpper) {
 		return false
 	}
 	rest := line[sp1+1:]
-	sp2 := indexByte(rest, ' ')
-	return sp2 > 0 && string(rest[sp2+1:]) == "SIP/2.0"
+	sp2 := strings.IndexByte(rest, ' ')
+	return sp2 > 0 && rest[sp2+1:] == "SIP/2.0"
 }
 
 // Header kinds: the headers sipgo parses into types of their own, by name in any case
@@ -534,31 +532,12 @@ func visible(c byte) bool { return c > ' ' && c < 0x7f }
 
 // indexCRLF is where s's first line ends: the index of its CR, which must come before
 // an LF; -1 when it has none or a CR comes alone.
-func indexCRLF[T string | []byte](s T) int {
-	i := indexCR(s)
+func indexCRLF(s string) int {
+	i := strings.IndexByte(s, '\r')
 	if i < 0 || i+1 >= len(s) || s[i+1] != '\n' {
 		return -1
 	}
 	return i
-}
-
-func indexCR[T string | []byte](s T) int {
-	switch v := any(s).(type) {
-	case string:
-		return strings.IndexByte(v, '\r')
-	case []byte:
-		return bytes.IndexByte(v, '\r')
-	}
-	return -1
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // Character classes, a bit each in class.
@@ -595,24 +574,13 @@ var class = func() (t [256]uint8) {
 	return t
 }()
 
+// isAll reports whether s is not empty and every byte of it has one of bits.
 func isAll(s string, bits uint8) bool {
-	if s == "" {
+	if len(s) == 0 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
 		if class[s[i]]&bits == 0 {
-			return false
-		}
-	}
-	return true
-}
-
-func isAllBytes(b []byte, bits uint8) bool {
-	if len(b) == 0 {
-		return false
-	}
-	for _, c := range b {
-		if class[c]&bits == 0 {
 			return false
 		}
 	}
