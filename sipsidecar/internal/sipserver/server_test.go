@@ -2,6 +2,7 @@ package sipserver
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -497,4 +498,100 @@ func TestUDPLater(t *testing.T) {
 	if got := p.read(2 * time.Second); !strings.Contains(got, "z9hG4bK-later-shed") {
 		t.Fatalf("retransmission of the shed request: %q", got)
 	}
+}
+
+// Attack: sipgo's parser files each URI or header parameter with a search of the ones
+// before it, so one 64 KiB datagram of distinct parameters cost 150 ms of CPU to parse.
+// Such a datagram is now dropped before any parser sees it; an ordinary request with many
+// parameters still gets through.
+func TestManyParametersAreDropped(t *testing.T) {
+	h, calls := counted(answer(200))
+	_, addr := udpServer(t, h)
+	p := newPhone(t)
+	params := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			b.WriteString(";p" + strconv.Itoa(i))
+		}
+		return b.String()
+	}
+	p.send(addr, register(p, "z9hG4bK-flood", params(9000))) // about 60 KB
+	p.send(addr, register(p, "z9hG4bK-many", params(200)))
+	got := p.read(2 * time.Second)
+	if !strings.HasPrefix(got, "SIP/2.0 200") || !strings.Contains(got, "z9hG4bK-many") {
+		t.Fatalf("the request with 200 parameters: %q", got)
+	}
+	if extra := p.read(200 * time.Millisecond); extra != "" || calls.Load() != 1 {
+		t.Fatalf("the flood got an answer or reached the handler (%d calls): %q", calls.Load(), extra)
+	}
+}
+
+// Over TCP a message may not exceed maxStreamMessage: the same quadratic parse, bounded.
+// sipgo logs a message it refuses whole; its digest must not reach the log.
+func TestStreamMessageSizeIsBounded(t *testing.T) {
+	h, calls := counted(answer(200))
+	var logged syncBuffer
+	s := New(Options{Handler: h, Workers: 4, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.ServeTCP(ln)
+	t.Cleanup(func() { ln.Close(); s.Close() })
+	request := func(branch, padding string) string {
+		return "REGISTER sip:pbx.test SIP/2.0\r\n" +
+			"Via: SIP/2.0/TCP 127.0.0.1:5070;branch=" + branch + "\r\n" +
+			"From: <sip:201@pbx.test>;tag=a1\r\nTo: <sip:201@pbx.test>\r\n" +
+			"Call-ID: c-" + branch + "\r\nCSeq: 1 REGISTER\r\n" +
+			"Contact: <sip:201@127.0.0.1:5070;transport=tcp>\r\n" +
+			`Authorization: Digest username="201", realm="pbx.test", nonce="n-secret-nonce", uri="sip:pbx.test", response="0123456789abcdef0123456789abcdef"` + "\r\n" +
+			"X-Padding: " + padding + "\r\nContent-Length: 0\r\n\r\n"
+	}
+	exchange := func(msg string) string {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return ""
+		}
+		buf := make([]byte, 4096)
+		n, _ := c.Read(buf)
+		return string(buf[:n])
+	}
+	if got := exchange(request("z9hG4bK-small", strings.Repeat("x", 4000))); !strings.HasPrefix(got, "SIP/2.0 200") {
+		t.Fatalf("a 4 KiB REGISTER over TCP: %q", got)
+	}
+	if got := exchange(request("z9hG4bK-big", strings.Repeat("x", maxStreamMessage))); got != "" {
+		t.Fatalf("a REGISTER over %d bytes was answered: %q", maxStreamMessage, got)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("the handler ran %d times, want 1", calls.Load())
+	}
+	for end := time.Now().Add(time.Second); !strings.Contains(logged.String(), "failed to parse") && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if l := logged.String(); !strings.Contains(l, "failed to parse") || strings.Contains(l, "0123456789abcdef") || strings.Contains(l, "n-secret-nonce") {
+		t.Fatalf("the refused message's log line is missing or holds its digest:\n%s", l)
+	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger written from other goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
