@@ -1,7 +1,6 @@
 package presence
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/softphone-gateway/softphone-gateway/internal/testenv"
 	"github.com/softphone-gateway/softphone-gateway/sipsidecar/internal/location"
 )
 
@@ -244,7 +244,7 @@ func TestSlowWebhookNeverBlocksAndFullQueueDrops(t *testing.T) {
 	defer srv.Close()
 	defer close(rc.block)
 	var dropped atomic.Int32
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	w := &Webhooks{URLs: []string{srv.URL + "/hook?key=s3cr3t"}, Queue: 4, Workers: 1, Timeout: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		OnResult: func(r string) {
@@ -272,22 +272,4 @@ func TestSlowWebhookNeverBlocksAndFullQueueDrops(t *testing.T) {
 	if strings.Contains(logs.String(), "s3cr3t") {
 		t.Fatalf("webhook URL query reached the log: %s", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger in another goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

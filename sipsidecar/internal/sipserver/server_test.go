@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/testenv"
 )
 
 // udpServer serves h on a loopback UDP port and returns its address.
@@ -530,7 +532,7 @@ func TestManyParametersAreDropped(t *testing.T) {
 // sipgo logs a message it refuses whole; its digest must not reach the log.
 func TestStreamMessageSizeIsBounded(t *testing.T) {
 	h, calls := counted(answer(200))
-	var logged syncBuffer
+	var logged testenv.LogBuffer
 	s := New(Options{Handler: h, Workers: 4, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -576,22 +578,4 @@ func TestStreamMessageSizeIsBounded(t *testing.T) {
 	if l := logged.String(); !strings.Contains(l, "failed to parse") || strings.Contains(l, "0123456789abcdef") || strings.Contains(l, "n-secret-nonce") {
 		t.Fatalf("the refused message's log line is missing or holds its digest:\n%s", l)
 	}
-}
-
-// syncBuffer is a bytes.Buffer for a logger written from other goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
