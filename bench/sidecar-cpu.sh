@@ -10,6 +10,9 @@
 # each process is read from /proc over the middle of the run. It prints one line per run (with
 # the rate SIPp achieved: above a build's ceiling, how it copes with overload) and a mean per
 # binary. Needs sipp (sip-tester), and redis-server with --redis.
+# PROFILE=DIR also takes CPU profiles over the measured seconds: DIR/NAME-N.sidecar.pprof and
+# DIR/NAME-N.gateway.pprof (go tool pprof), and with --redis DIR/NAME-N.redis.txt (INFO
+# commandstats) and, where perf is installed, DIR/NAME-N.redis.perf (perf report -i), where NAME is the binary's file name and N the round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -50,12 +53,13 @@ HZ=$(getconf CLK_TCK)
 python3 bench/users.py "$WORK/users.json" "$WORK/users.csv"
 
 run() { # run BINARY: prints "sidecar% gateway% sipp% failed"
-	local bin=$1 gw sc rd="" redis_url="" hport sport pport oport
+	local bin=$1 round=$2 gw sc rd="" redis_url="" hport sport pport oport aport admin=off rport=""
 	hport=$(freeport); sport=$(freeport); pport=$(freeport); oport=$(freeport)
+	if [ -n "${PROFILE:-}" ]; then aport=$(freeport); admin=127.0.0.1:$aport; fi
 	mkdir -p "$WORK/gw"
 	cat >"$WORK/gw/Caddyfile" <<CF
 {
-	admin off
+	admin $admin
 	persist_config off
 	storage file_system $WORK/gw/caddy
 	softphone {
@@ -72,7 +76,7 @@ http://127.0.0.1:$hport {
 CF
 	start gw "$ROOT/bin/caddy" run --config "$WORK/gw/Caddyfile" --adapter caddyfile; gw=$LASTPID
 	if [ "$REDIS" = 1 ]; then
-		local rport; rport=$(freeport)
+		rport=$(freeport)
 		start redis redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"; rd=$LASTPID
 		waitport "$rport"
 		redis_url=redis://127.0.0.1:$rport/4
@@ -92,10 +96,23 @@ CF
 	start sipp env -C "$WORK" sipp "127.0.0.1:$sport" -sf "$ROOT/sipsidecar/testdata/register-auth.xml" -inf "$WORK/users.csv" \
 		-i 127.0.0.1 -p "$pport" -r "$RATE" -m $((RATE * SECS)) -l $((RATE * 2)) -nostdin -timeout $((SECS * 4))s \
 		-timeout_error -max_socket 2000 -buff_size 4194304
-	local sp=$LASTPID a1 b1 c1 d1=0 t1 a2 b2 c2 d2=0 t2
+	local sp=$LASTPID p1 p2 a1 b1 c1 d1=0 t1 a2 b2 c2 d2=0 t2
 	sleep 2
 	a1=$(ticks "$sc"); b1=$(ticks "$gw"); c1=$(ticks "$sp"); [ -z "$rd" ] || d1=$(ticks "$rd"); t1=$(date +%s.%N)
+	if [ -n "${PROFILE:-}" ]; then
+		local tag; tag="$PROFILE/$(basename "$bin")-$round"
+		[ -z "$rport" ] || redis-cli -p "$rport" config resetstat >/dev/null
+		curl -s -o "$tag.sidecar.pprof" "http://127.0.0.1:$oport/debug/pprof/profile?seconds=$((SECS - 4))" & p1=$!
+		curl -s -o "$tag.gateway.pprof" "http://127.0.0.1:$aport/debug/pprof/profile?seconds=$((SECS - 4))" & p2=$!
+		if [ -n "$rd" ] && command -v perf >/dev/null; then
+			perf record -q -F 999 -g -o "$tag.redis.perf" -p "$(pgrep -s "$rd" redis-server | head -1)" -- sleep $((SECS - 4)) >/dev/null 2>&1 &
+		fi
+	fi
 	sleep $((SECS - 4))
+	if [ -n "${PROFILE:-}" ]; then
+		wait "$p1" "$p2" || true
+		[ -z "$rport" ] || redis-cli -p "$rport" info commandstats >"$tag.redis.txt"
+	fi
 	a2=$(ticks "$sc"); b2=$(ticks "$gw"); c2=$(ticks "$sp"); [ -z "$rd" ] || d2=$(ticks "$rd"); t2=$(date +%s.%N)
 	wait "$sp" 2>/dev/null || true
 	local failed achieved
@@ -108,9 +125,10 @@ CF
 
 echo "rate $RATE/s for ${SECS}s, CPU in % of one core over the middle $((SECS - 4))s$([ "$REDIS" = 1 ] && echo ", Redis store")"
 echo "binary sidecar gateway sipp failed-calls achieved/s$([ "$REDIS" = 1 ] && echo " redis-server")"
-for _ in $(seq "$ROUNDS"); do
+[ -z "${PROFILE:-}" ] || mkdir -p "$PROFILE"
+for n in $(seq "$ROUNDS"); do
 	for b in "$@"; do
-		echo "$b $(run "$b")"
+		echo "$b $(run "$b" "$n")"
 	done
 done | tee "$WORK/runs"
 awk -v rate="$RATE" -v redis="$REDIS" '{s[$1]+=$2; g[$1]+=$3; r[$1]+=$7; n[$1]++} END {for (k in s) {printf "%s: mean sidecar %.1f%% (%.1f µs/registration), gateway %.1f%% (%.1f µs)", k, s[k]/n[k], s[k]/n[k]*1e4/rate, g[k]/n[k], g[k]/n[k]*1e4/rate; if (redis == 1) printf ", redis-server %.1f%% (%.1f µs)", r[k]/n[k], r[k]/n[k]*1e4/rate; printf "\n"}}' "$WORK/runs"

@@ -126,7 +126,7 @@ func TestReplayAndStaleNonce(t *testing.T) {
 		}
 	}
 	// A nonce this sidecar made long ago (same secret, clock in the past): stale=true.
-	old := digest.NewNonces([]byte(s.cfg.NonceSecret), s.cfg.NonceTTL, func() time.Time { return time.Now().Add(-time.Hour) }).Make()
+	old := digest.NewNonces([]byte(s.cfg.NonceSecret), s.cfg.NonceTTL, func() time.Time { return time.Now().Add(-time.Hour) }).MakeFor("201@pbx.test")
 	fake := newPhone(t, s, "UDP", "201").send(p.request([]string{"<sip:201@127.0.0.1:5999>"}))
 	auth = authorize(t, withNonce(fake, old), "201", "pw-201", "MD5", 1)
 	res = p.send(p.request([]string{"<sip:201@127.0.0.1:5999>"}, "Authorization: "+auth))

@@ -1,7 +1,7 @@
 // Package digest makes and checks the registrar's digest challenges (RFC 7616, RFC 8760):
-// HMAC-signed, time-bound nonces, so any sidecar sharing the secret can check a nonce another
-// one issued, and no nonce table is needed — only the per-nonce nc counter, kept in the
-// location store.
+// HMAC-signed, time-bound nonces, each for one scope (the AOR it challenges), so any sidecar
+// sharing the secret can check a nonce another one issued, and no nonce table is needed —
+// only the nc counts, kept in the location store.
 package digest
 
 import (
@@ -70,30 +70,42 @@ func NewNonces(secret []byte, ttl time.Duration, now func() time.Time) *Nonces {
 // TTL is how long a nonce stays fresh.
 func (n *Nonces) TTL() time.Duration { return n.ttl }
 
-// mac is the first 16 bytes of HMAC-SHA256(secret, body), body at most 20 bytes. Keyed
-// HMACs are pooled: a new one hashes the key's pads again and allocates for every nonce
-// made or checked.
-func (n *Nonces) mac(out *[16]byte, body []byte) {
+// mac is the first 16 bytes of HMAC-SHA256(secret, body || scope), body at most 20 bytes.
+// Keyed HMACs are pooled: a new one hashes the key's pads again and allocates for every
+// nonce made or checked.
+func (n *Nonces) mac(out *[16]byte, body []byte, scope string) {
 	m, _ := n.macs.Get().(*keyedMAC)
 	if m == nil {
 		m = &keyedMAC{h: hmac.New(sha256.New, n.secret)}
 	}
 	m.h.Reset()
-	m.h.Write(m.body[:copy(m.body[:], body)])
+	m.in = append(append(m.in[:0], body...), scope...)
+	m.h.Write(m.in)
 	copy(out[:], m.h.Sum(m.sum[:0]))
-	n.macs.Put(m)
+	if cap(m.in) <= maxScope+20 { // an oversized scope's buffer is not kept
+		n.macs.Put(m)
+	}
 }
+
+// maxScope is the longest scope a pooled MAC keeps room for (an AOR is seldom longer).
+const maxScope = 256
 
 // keyedMAC is a pooled HMAC with room for its sum and its input, which would escape to the
 // heap through the hash.Hash interface if they were on the caller's stack.
 type keyedMAC struct {
-	h    hash.Hash
-	sum  [sha256.Size]byte
-	body [20]byte // what is hashed, copied here for the same reason
+	h   hash.Hash
+	sum [sha256.Size]byte
+	in  []byte // what is hashed, copied here for the same reason
 }
 
-// Make returns a fresh nonce of token-safe characters.
-func (n *Nonces) Make() string {
+// Make returns a fresh nonce of token-safe characters, for no particular scope.
+func (n *Nonces) Make() string { return n.MakeFor("") }
+
+// MakeFor returns a fresh nonce of token-safe characters that checks only for scope: the
+// registrar makes a challenge's nonce for the AOR it challenges, so that a nonce, and a
+// nonce count taken on it, belongs to one AOR (the Redis store keeps each AOR's counts in
+// the AOR's own hash).
+func (n *Nonces) MakeFor(scope string) string {
 	var raw [nonceRaw]byte
 	binary.BigEndian.PutUint64(raw[:8], uint64(n.now().Unix()))
 	binary.BigEndian.PutUint32(raw[8:12], n.tag)
@@ -105,51 +117,64 @@ func (n *Nonces) Make() string {
 	if _, err := rand.Read(raw[16:20]); err != nil {
 		panic("crypto/rand failed: " + err.Error())
 	}
-	n.mac((*[16]byte)(raw[20:]), raw[:20])
+	n.mac((*[16]byte)(raw[20:]), raw[:20], scope)
 	var out [nonceLen]byte
 	base64.RawURLEncoding.Encode(out[:], raw[:])
 	return string(out[:]) // the one allocation: EncodeToString makes two
 }
 
-// Check verifies that nonce was made under this secret and is fresh. It returns nil,
-// ErrStale for a genuine nonce (the MAC matches) issued more than TTL ago or too far in the
-// future (another sidecar's clock is off: a fresh challenge with stale=true lets the phone
-// retry at once), or ErrInvalid for anything else, oversized input included.
+// Check verifies that nonce was made under this secret, for no particular scope, and is
+// fresh. It returns nil, ErrStale for a genuine nonce (the MAC matches) issued more than TTL
+// ago or too far in the future (another sidecar's clock is off: a fresh challenge with
+// stale=true lets the phone retry at once), or ErrInvalid for anything else, oversized input
+// included.
 func (n *Nonces) Check(nonce string) error {
-	_, err := n.CheckSerial(nonce)
+	_, err := n.Inspect(nonce, "")
 	return err
 }
 
-// CheckSerial is Check that also returns the nonce's serial when this Nonces made it: a
-// number above zero, counting up from 1 in the order the nonces were made, so the nonces
-// in use at one time have serials close together (and 2³² of them wrap around only after
-// days at any rate a sidecar takes). It is 0 for a nonce made by another Nonces under the
-// same secret (another sidecar, or this one before a restart), and for any nonce Check
-// refuses.
-func (n *Nonces) CheckSerial(nonce string) (uint32, error) {
+// Info is what a nonce that checks tells of itself.
+type Info struct {
+	// Issued (unix seconds) and ID (the issuing Nonces' tag, then its serial) order nonces:
+	// by Issued, then by ID. No two nonces share both.
+	Issued int64
+	ID     uint64
+	// Serial is the nonce's serial when this Nonces made it: a number above zero, counting
+	// up from 1 in the order the nonces were made, so the nonces in use at one time have
+	// serials close together (and 2³² of them wrap around only after days at any rate a
+	// sidecar takes). It is 0 for a nonce made by another Nonces under the same secret
+	// (another sidecar, or this one before a restart).
+	Serial uint32
+}
+
+// Inspect is Check for a nonce made by MakeFor(scope); it also returns what the nonce tells
+// of itself (the zero Info when it refuses the nonce). A nonce made for another scope is
+// ErrInvalid.
+func (n *Nonces) Inspect(nonce, scope string) (Info, error) {
 	if len(nonce) != nonceLen {
-		return 0, ErrInvalid
+		return Info{}, ErrInvalid
 	}
 	var src [nonceLen]byte // on the stack, as raw is: a check allocates nothing
 	copy(src[:], nonce)
 	var raw [nonceRaw + 2]byte // Decode may write a partial group's bytes past nonceRaw
 	if k, err := strict.Decode(raw[:], src[:]); err != nil || k != nonceRaw {
-		return 0, ErrInvalid
+		return Info{}, ErrInvalid
 	}
 	var want [16]byte
-	n.mac(&want, raw[:20])
+	n.mac(&want, raw[:20], scope)
 	if !hmac.Equal(raw[20:nonceRaw], want[:]) {
-		return 0, ErrInvalid
+		return Info{}, ErrInvalid
 	}
-	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
+	issued := int64(binary.BigEndian.Uint64(raw[:8]))
 	now := n.now()
-	if issued.After(now.Add(clockSkew)) || now.Sub(issued) > n.ttl {
-		return 0, ErrStale
+	if t := time.Unix(issued, 0); t.After(now.Add(clockSkew)) || now.Sub(t) > n.ttl {
+		return Info{}, ErrStale
 	}
-	if binary.BigEndian.Uint32(raw[8:12]) != n.tag {
-		return 0, nil
+	info := Info{Issued: issued, ID: binary.BigEndian.Uint64(raw[8:16])}
+	if binary.BigEndian.Uint32(raw[8:12]) == n.tag {
+		info.Serial = binary.BigEndian.Uint32(raw[12:16])
 	}
-	return binary.BigEndian.Uint32(raw[12:16]), nil
+	return info, nil
 }
 
 // AppendChallenge appends a WWW-Authenticate value offering algorithm with qop=auth (RFC

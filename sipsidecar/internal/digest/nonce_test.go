@@ -211,7 +211,7 @@ func FuzzCheck(f *testing.F) {
 	n := NewNonces([]byte("fuzz-secret"), time.Minute, at(0))
 	var raw [nonceRaw]byte
 	binary.BigEndian.PutUint64(raw[:8], uint64(t0.Unix()))
-	n.mac((*[16]byte)(raw[20:]), raw[:20])
+	n.mac((*[16]byte)(raw[20:]), raw[:20], "")
 	good := base64.RawURLEncoding.EncodeToString(raw[:])
 	if n.Check(good) != nil {
 		f.Fatal("the hand-built nonce does not check")
@@ -347,33 +347,81 @@ func BenchmarkCheckForged(b *testing.B) {
 	}
 }
 
-func TestCheckSerialTellsOwnNoncesApart(t *testing.T) {
+func TestInspectTellsOwnNoncesApart(t *testing.T) {
 	a := NewNonces([]byte("shared"), time.Minute, at(0))
 	b := NewNonces([]byte("shared"), time.Minute, at(0)) // another sidecar on the same secret
 	for want := uint32(1); want <= 3; want++ {
-		nonce := a.Make()
-		if s, err := a.CheckSerial(nonce); err != nil || s != want {
-			t.Fatalf("own nonce %d: serial %d, %v", want, s, err)
+		nonce := a.MakeFor("u@d")
+		if in, err := a.Inspect(nonce, "u@d"); err != nil || in.Serial != want || in.ID != uint64(a.tag)<<32|uint64(want) || in.Issued != at(0)().Unix() {
+			t.Fatalf("own nonce %d: %+v, %v", want, in, err)
 		}
-		if s, err := b.CheckSerial(nonce); err != nil || s != 0 {
-			t.Fatalf("the other's nonce: serial %d, %v; want 0 and accepted", s, err)
+		if in, err := b.Inspect(nonce, "u@d"); err != nil || in.Serial != 0 || in.ID != uint64(a.tag)<<32|uint64(want) {
+			t.Fatalf("the other's nonce: %+v, %v; want serial 0 and accepted", in, err)
 		}
 	}
 	// The counter wraps past 0, which means "not ours".
 	a.serial.Store(^uint32(0))
-	if s, err := a.CheckSerial(a.Make()); err != nil || s != 1 {
-		t.Fatalf("after the wrap: serial %d, %v; want 1", s, err)
+	if in, err := a.Inspect(a.Make(), ""); err != nil || in.Serial != 1 {
+		t.Fatalf("after the wrap: %+v, %v; want serial 1", in, err)
 	}
 	stale := NewNonces([]byte("shared"), time.Minute, at(-time.Hour))
 	old := stale.Make()
 	stale.now = at(0)
-	if s, err := stale.CheckSerial(old); !errors.Is(err, ErrStale) || s != 0 {
-		t.Fatalf("own stale nonce: serial %d, %v; want 0 and ErrStale", s, err)
+	if in, err := stale.Inspect(old, ""); !errors.Is(err, ErrStale) || in != (Info{}) {
+		t.Fatalf("own stale nonce: %+v, %v; want nothing and ErrStale", in, err)
 	}
-	if s, err := a.CheckSerial(strings.Repeat("A", nonceLen)); !errors.Is(err, ErrInvalid) || s != 0 {
-		t.Fatalf("garbage: serial %d, %v", s, err)
+	if in, err := a.Inspect(strings.Repeat("A", nonceLen), ""); !errors.Is(err, ErrInvalid) || in != (Info{}) {
+		t.Fatalf("garbage: %+v, %v", in, err)
 	}
-	if n := testing.AllocsPerRun(100, func() { a.CheckSerial(old) }); n != 0 {
-		t.Fatalf("CheckSerial allocates %.0f times", n)
+	if n := testing.AllocsPerRun(100, func() { a.Inspect(old, "someone@example.com") }); n != 0 && !raceEnabled {
+		t.Fatalf("Inspect allocates %.0f times", n)
+	}
+}
+
+// A nonce checks only for the scope it was made for: a count taken on it for one AOR says
+// nothing of another, so another AOR must not accept it.
+func TestNonceBelongsToItsScope(t *testing.T) {
+	n := NewNonces([]byte("shared"), time.Minute, at(0))
+	nonce := n.MakeFor("alice@pbx")
+	if _, err := n.Inspect(nonce, "alice@pbx"); err != nil {
+		t.Fatalf("its own scope: %v", err)
+	}
+	for _, other := range []string{"", "alice@other", "alice@pbx ", "Alice@pbx", "bob@pbx"} {
+		if _, err := n.Inspect(nonce, other); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("scope %q: %v, want ErrInvalid", other, err)
+		}
+	}
+	if err := n.Check(nonce); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Check (no scope): %v, want ErrInvalid", err)
+	}
+	if err := n.Check(n.Make()); err != nil {
+		t.Fatalf("Make and Check: %v", err)
+	}
+	// A scope longer than the pooled buffer keeps still works, every time.
+	long := strings.Repeat("x", 3*maxScope) + "@d"
+	for range 3 {
+		if _, err := n.Inspect(n.MakeFor(long), long); err != nil {
+			t.Fatalf("long scope: %v", err)
+		}
+	}
+}
+
+// Nonces come out in the order Info gives them: by Issued, then by ID.
+func TestInfoOrdersNonces(t *testing.T) {
+	clock := at(0)
+	n := NewNonces([]byte("shared"), time.Hour, func() time.Time { return clock() })
+	var last Info
+	for i := range 5 {
+		if i == 3 {
+			clock = at(time.Second)
+		}
+		in, err := n.Inspect(n.Make(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 && !(in.Issued > last.Issued || in.Issued == last.Issued && in.ID > last.ID) {
+			t.Fatalf("nonce %d %+v is not after %+v", i, in, last)
+		}
+		last = in
 	}
 }

@@ -57,17 +57,26 @@ type Deferred interface {
 type Count struct {
 	Nonce string
 	NC    uint64
-	TTL   time.Duration // how long the record lives
-	// Serial is the nonce's serial number when this process made it (digest.CheckSerial),
-	// else 0: where this process keeps its memory of the nonce's count (a dense array for
-	// its own nonces, see nonceCounters). It is a function of the nonce, so every count of
-	// one nonce must carry the same Serial; the counts are the same whatever it is.
+	TTL   time.Duration // how long the record lives: at least as long as the nonce is fresh
+	// Serial is the nonce's serial number when this process made it (digest.Info), else 0:
+	// where this process keeps its memory of the nonce's count (a dense array for its own
+	// nonces, see nonceCounters). It is a function of the nonce, so every count of one nonce
+	// must carry the same Serial; the counts are the same whatever it is.
 	Serial uint32
+	// Issued (unix seconds) and ID order the nonce among the others (digest.Info): the Redis
+	// store keeps an AOR's counts in a window over that order (see nonceWindow). Both are
+	// functions of the nonce, and no two nonces share both.
+	Issued int64
+	ID     uint64
 }
 
 // Errors callers branch on.
 var (
-	ErrReplay      = errors.New("location: nonce count not increasing")
+	ErrReplay = errors.New("location: nonce count not increasing")
+	// ErrStaleNonce: the AOR has taken counts of newer nonces since, and this store no
+	// longer tells whether this one's count is new. Not a replay for sure: the phone gets
+	// a fresh nonce.
+	ErrStaleNonce  = errors.New("location: nonce older than the AOR's window")
 	ErrUnavailable = errors.New("location: store unavailable")
 )
 
@@ -92,10 +101,13 @@ type Store interface {
 	// AORs returns the AORs with at least one live binding at now.
 	AORs(ctx context.Context, now time.Time) ([]string, error)
 	// UpdateCounted is Update for an authenticated REGISTER: it also records c's nonce count
-	// (as UseNonce does) in the same step as the write, so the count is taken exactly when
-	// fn's bindings are stored. ErrReplay, with nothing stored, when c.NC is not above the
-	// nonce's last count. An error from fn comes first and records nothing. A zero Count is
-	// Update.
+	// in the same step as the write, so the count is taken exactly when fn's bindings are
+	// stored. ErrReplay, with nothing stored, when c.NC is not above the count last taken of
+	// the nonce for this AOR; a store may refuse it on another AOR too (Memory does), and
+	// may answer ErrStaleNonce for a nonce older than the newest few it took for the AOR
+	// (Redis does). Either way one count is taken at most once per AOR; the registrar's
+	// nonces belong to one AOR (digest.MakeFor), so at most once. An error from fn comes
+	// first and records nothing. A zero Count is Update.
 	UpdateCounted(ctx context.Context, aor string, now time.Time, c Count, fn func(current []Binding) ([]Binding, error)) ([]Binding, error)
 	// Replayed reports, without asking a shared server, whether this process has seen
 	// c's nonce counted at c.NC or above: a replay UpdateCounted would refuse. It answers

@@ -5,8 +5,10 @@ package location
 //	<prefix>aor:<aor>      hash: binding key (Contact URI, or "instance:<+sip.instance>")
 //	                       → binding JSON (the Binding struct's json tags); and two fields
 //	                       no binding key can be (every key holds a ':'): "rev", a random
-//	                       revision every write replaces, and "name", the name an Update
-//	                       last wrote for the AOR in <prefix>known
+//	                       revision every write replaces, "name", the name an Update
+//	                       last wrote for the AOR in <prefix>known, and "nc", the digest
+//	                       nonce counts the AOR took (nonceWindow). A hash whose bindings
+//	                       are all gone stays while its window does (PEXPIREAT its end).
 //	<prefix>exp            sorted set: member AOR, score = the earliest ExpiresAt among its
 //	                       stored bindings (unix ms). Expire reads the AORs due from here
 //	                       (ZRANGEBYSCORE -inf now), never SCAN.
@@ -14,9 +16,9 @@ package location
 //	                       bindings (unix ms). AORs(now) is the range above now.
 //	<prefix>known          hash: AOR → display name ("" when none), kept after the
 //	                       bindings expire, for presence snapshots.
-//	<prefix>nonce:<nonce>  string: the highest nc seen for a digest nonce, with a TTL
+//	<prefix>nonce:<nonce>  string: the highest nc UseNonce took for a nonce, with a TTL
 //	                       (set and compared in one Lua script, so two sidecars cannot both
-//	                       accept one nc).
+//	                       accept one nc). REGISTERs keep theirs in the AOR's hash instead.
 //	<prefix>fail:<ip>      string: auth failures of a source address in the current window (TTL)
 //	<prefix>ban:<ip>       string "1" while the address is banned (TTL)
 //
@@ -28,7 +30,9 @@ package location
 // (bounded). An Update starts from this sidecar's last read or write of the AOR
 // (aorStates), or, for an AOR it knows nothing of, from an empty hash; when that is out of
 // date the script answers with the hash as it is, so no Update reads before it writes.
-// An authenticated REGISTER's nonce count is checked and written by the same script.
+// An authenticated REGISTER's nonce count is checked by the sidecar against the AOR's
+// window as it read it, and written with the bindings: the same compare-and-set proves
+// both current.
 // Expired bindings stay in the hash, hidden from Lookup and Update's fn, until an Expire call
 // removes and reports them, once.
 
@@ -51,6 +55,7 @@ type Redis struct {
 	p      *pipe          // the REGISTER path's commands
 	states *aorStates     // the AORs this sidecar read or wrote last
 	seen   *nonceCounters // the nonce counts this sidecar took
+	turns  *turns         // one update of an AOR at a time
 	prefix string
 	owned  bool
 }
@@ -63,7 +68,8 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 	if prefix == "" {
 		prefix = "sipsidecar:"
 	}
-	return &Redis{c: client, p: newPipe(client), states: newAORStates(DefaultCacheAORs), seen: newNonceCounters(), prefix: prefix}
+	return &Redis{c: client, p: newPipe(client), states: newAORStates(DefaultCacheAORs), seen: newNonceCounters(),
+		turns: newTurns(), prefix: prefix}
 }
 
 // OpenRedis connects to a redis://, rediss:// or unix:// URL with timeouts short enough that
@@ -122,6 +128,9 @@ const (
 	nameField = "name" // the <prefix>known name that the last Update wrote ("" for HSETNX)
 )
 
+// ownField tells the hash's own fields (rev, name, the nonce window) from binding keys.
+func ownField(f string) bool { return f == revField || f == nameField || f == windowField }
+
 // newRev is a fresh revision for an AOR hash.
 func newRev() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
@@ -131,7 +140,7 @@ func newRev() string { return strconv.FormatUint(rand.Uint64(), 36) }
 func decodeAll(m map[string]string) []Binding {
 	out := make([]Binding, 0, len(m))
 	for f, v := range m {
-		if f == revField || f == nameField {
+		if ownField(f) {
 			continue
 		}
 		if b, ok := decodeBinding(v); ok {
@@ -142,17 +151,26 @@ func decodeAll(m map[string]string) []Binding {
 	return out
 }
 
-// writeSet queues the commands that make aor hold exactly bs, with both indexes.
-func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, bs []Binding) error {
+// writeSet queues the commands that make aor hold exactly bs, with both indexes, keeping
+// the name and the nonce window of m, the hash as read. A hash left with no binding stays,
+// with its window, until the window's end (windowEnd).
+func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, m map[string]string, bs []Binding, now time.Time) error {
 	key := r.aorKey(aor)
 	pipe.Del(ctx, key)
-	if len(bs) == 0 {
+	until, keep := windowEnd(m[windowField], now)
+	if len(bs) == 0 && !keep {
 		pipe.ZRem(ctx, r.prefix+"exp", aor)
 		pipe.ZRem(ctx, r.prefix+"live", aor)
 		return nil
 	}
-	fields := make([]any, 0, 2+2*len(bs))
+	fields := make([]any, 0, 6+2*len(bs))
 	fields = append(fields, revField, newRev())
+	if name, ok := m[nameField]; ok {
+		fields = append(fields, nameField, name)
+	}
+	if keep {
+		fields = append(fields, windowField, m[windowField])
+	}
 	for _, b := range bs {
 		v, err := appendBinding(nil, b)
 		if err != nil {
@@ -161,10 +179,30 @@ func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, 
 		fields = append(fields, b.Key(), v)
 	}
 	pipe.HSet(ctx, key, fields...)
+	if len(bs) == 0 {
+		pipe.ZRem(ctx, r.prefix+"exp", aor)
+		pipe.ZRem(ctx, r.prefix+"live", aor)
+		pipe.PExpireAt(ctx, key, time.UnixMilli(until))
+		return nil
+	}
 	first, last := bounds(bs)
 	pipe.ZAdd(ctx, r.prefix+"exp", redis.Z{Score: float64(first.UnixMilli()), Member: aor})
 	pipe.ZAdd(ctx, r.prefix+"live", redis.Z{Score: float64(last.UnixMilli()), Member: aor})
 	return nil
+}
+
+// windowEnd is when a hash holding the nonce window v (its text form) may go, in unix ms,
+// and whether that is after now: until then a replayed count must still find it. A window
+// that does not parse is kept for a day.
+func windowEnd(v string, now time.Time) (until int64, live bool) {
+	if v == "" {
+		return 0, false
+	}
+	w, err := parseWindow(v)
+	if err != nil {
+		return now.Add(24 * time.Hour).UnixMilli(), true
+	}
+	return w.until, w.until > now.UnixMilli()
 }
 
 // fnError carries the caller's own error out of the transaction untouched.
@@ -197,21 +235,44 @@ func (r *Redis) Update(ctx context.Context, aor string, now time.Time, fn func([
 
 // UpdateCounted implements Store, in one round trip when this sidecar's kept state of the
 // AOR (aorStates) is current, or when it knows nothing of the AOR and its hash is empty:
-// the compare-and-set script checks the nonce count and the hash's revision, and writes the
-// bindings, both indexes, the known name and the count together. When the hash is not what
-// the write started from, the script answers with the hash as it is and fn runs again on
-// that: no separate read.
+// the compare-and-set script checks the hash's revision, and writes the bindings, both
+// indexes, the known name and the nonce window together. When the hash is not what the
+// write started from, the script answers with the hash as it is and fn runs again on that:
+// no separate read. This sidecar's updates of one AOR take turns (see turns).
 func (r *Redis) UpdateCounted(ctx context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error)) ([]Binding, error) {
-	return r.updateFrom(ctx, aor, r.casKeys(aor, c), now, c, fn, r.start(aor), false)
+	turn := make(chan struct{})
+	r.turns.take(aor, func() { close(turn) })
+	select {
+	case <-turn:
+	case <-ctx.Done():
+		go func() { <-turn; r.turns.done(aor) }() // hand the turn on when it comes
+		return nil, unavailable(ctx.Err())
+	}
+	defer r.turns.done(aor)
+	return r.updateFrom(ctx, aor, r.casKeys(aor), now, c, fn, r.start(aor), false)
 }
 
 // UpdateCountedThen implements Deferred: its compare-and-set goes into the pipeline without
 // a goroutine waiting for it, and then runs on the goroutine that read the answer, inside
 // the hand-out SetHandOut wraps around a pipeline's answers. A conflict (the kept state
 // was out of date), or Redis not knowing the script yet, continues as UpdateCounted does, on
-// a goroutine of its own.
+// a goroutine of its own. It takes its turn on the AOR as UpdateCounted does, without
+// waiting: a later turn starts on the goroutine that ends the one before.
 func (r *Redis) UpdateCountedThen(ctx context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error), then func([]Binding, error)) {
-	keys, rd := r.casKeys(aor, c), r.start(aor)
+	r.turns.take(aor, func() {
+		r.updateCountedThen(ctx, aor, now, c, fn, func(bs []Binding, err error) {
+			then(bs, err)
+			r.turns.done(aor)
+		})
+	})
+}
+
+func (r *Redis) updateCountedThen(ctx context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error), then func([]Binding, error)) {
+	if err := ctx.Err(); err != nil { // its turn came after its deadline
+		then(nil, unavailable(err))
+		return
+	}
+	keys, rd := r.casKeys(aor), r.start(aor)
 	next, args, written, err := r.attempt(aor, rd, now, c, fn)
 	if err != nil {
 		then(nil, err)
@@ -248,13 +309,9 @@ func (r *Redis) UpdateCountedThen(ctx context.Context, aor string, now time.Time
 // finishes there leave together. Call it before the store is used.
 func (r *Redis) SetHandOut(f func(deliver func())) { r.p.handOut = f }
 
-// casKeys are casSet's keys for aor, with the nonce's counter when there is a count.
-func (r *Redis) casKeys(aor string, c Count) []string {
-	keys := []string{r.aorKey(aor), r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
-	if c.Nonce != "" {
-		keys = append(keys, r.nonceKey(c.Nonce))
-	}
-	return keys
+// casKeys are casSet's keys for aor.
+func (r *Redis) casKeys(aor string) []string {
+	return []string{r.aorKey(aor), r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
 }
 
 // start is what an update of aor starts from: the kept state, or the guess of an empty hash.
@@ -298,8 +355,11 @@ func (r *Redis) updateFrom(ctx context.Context, aor string, keys []string, now t
 	return nil, unavailable(errors.New("too much contention on one AOR"))
 }
 
-// attempt runs fn on the live bindings of rd and builds the compare-and-set's arguments:
-// next is fn's result, written the hash as the script will leave it.
+// attempt runs fn on the live bindings of rd, takes c's count in rd's nonce window, and
+// builds the compare-and-set's arguments: next is fn's result, written the hash as the
+// script will leave it. A count the window refuses (ErrReplay, ErrStaleNonce) is final
+// when rd is current, and the compare-and-set is what proves it is: a refusal from a kept
+// state stands too, since an AOR's window only ever moves forward.
 func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn func([]Binding) ([]Binding, error)) (next []Binding, args []any, written *hashRead, err error) {
 	live := make([]Binding, 0, len(rd.all))
 	for _, b := range rd.all {
@@ -310,6 +370,19 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 	if next, err = fn(live); err != nil {
 		return nil, nil, nil, err
 	}
+	window := rd.window
+	if c.Nonce != "" {
+		w, err := parseWindow(rd.window)
+		if err != nil {
+			// Not a window this store wrote: refuse every nonce made up to now, for as
+			// long as any of them may be fresh.
+			w = nonceWindow{until: now.Add(c.TTL).UnixMilli(), floor: stamp{now.Unix(), math.MaxUint64}}
+		}
+		if err := w.take(c, now); err != nil {
+			return nil, nil, nil, err
+		}
+		window = w.String()
+	}
 	next = normalize(aor, next)
 	stored := append([]Binding(nil), next...)
 	for _, b := range rd.all {
@@ -317,12 +390,12 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 			stored = append(stored, b) // left for Expire to report
 		}
 	}
-	args, written, err = casArgs(aor, rd, stored, next, c)
+	args, written, err = casArgs(aor, rd, stored, next, window, now)
 	return next, args, written, err
 }
 
 // outcome reads the compare-and-set's answer. final: the update is done, written (err nil)
-// or refused (ErrReplay, or an answer not understood); else again is the hash as Redis
+// or refused (an answer not understood); else again is the hash as Redis
 // holds it, to start over from.
 func (r *Redis) outcome(aor string, c Count, written *hashRead, res any) (final bool, again *hashRead, err error) {
 	switch v := res.(type) {
@@ -334,8 +407,6 @@ func (r *Redis) outcome(aor string, c Count, written *hashRead, res any) (final 
 				r.seen.use(c.Nonce, c.Serial, c.NC, c.TTL, time.Now())
 			}
 			return true, nil, nil
-		case -1:
-			return true, nil, ErrReplay
 		}
 	case []any:
 		if m, ok := pairs(v); ok {
@@ -365,23 +436,18 @@ func pairs(v []any) (map[string]string, bool) {
 }
 
 // casSet is the optimistic transaction of WATCH/MULTI/EXEC in one round trip, on any pooled
-// connection, with the digest nonce count of an authenticated REGISTER in the same step.
-// It first refuses a nonce count that is not above the nonce's last one (answering -1, and
-// writing nothing). It then checks that the hash is still what the writer started from: its
-// revision, or, for a hash without one (empty, or written by an older sidecar), its length
-// and every field; if not, it answers with the hash as it is now (HGETALL's list), for the
-// writer to start again from. Otherwise it writes the AOR's hash, its two index entries, its
-// known name and the count, and answers 1.
-// KEYS: aor hash, exp, live, known, and the nonce's counter when there is a count. ARGV:
-// aor; the revision read, or "" then n and n read field/value pairs; then "del", or "set",
+// connection. It checks that the hash is still what the writer started from: its revision,
+// or, for a hash without one (empty, or written by an older sidecar), its length and every
+// field; if not, it answers with the hash as it is now (HGETALL's list), for the writer to
+// start again from. Otherwise it writes the AOR's hash (its nonce window among the fields),
+// its two index entries and its known name, and answers 1.
+// KEYS: aor hash, exp, live, known. ARGV: aor; the revision read, or "" then n and n read
+// field/value pairs; then either "del" (the hash goes, with its index entries), or "set",
 // d and d fields to delete, m and m field/value pairs to set (the revision's among them),
-// and the earliest and latest expiry ms; then the known mode ("", "set" with a name,
-// "setnx"); last, with a count, nc and the counter's TTL in ms.
+// then "zadd" with the earliest and latest expiry ms, or "zrem" (no binding left), then
+// the hash's own expiry: "", "persist", or the unix ms it goes at; last, the known mode
+// ("", "set" with a name, "setnx").
 var casSet = redis.NewScript(`
-if #KEYS == 5 then
-  local seen = tonumber(redis.call('GET', KEYS[5]) or '-1')
-  if tonumber(ARGV[#ARGV - 1]) <= seen then return -1 end
-end
 local i = 3
 if ARGV[2] ~= '' then
   if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[2] then return redis.call('HGETALL', KEYS[1]) end
@@ -409,27 +475,37 @@ else
   local m = tonumber(ARGV[i])
   redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + 2 * m))
   i = i + 1 + 2 * m
-  redis.call('ZADD', KEYS[2], ARGV[i], ARGV[1])
-  redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[1])
-  i = i + 2
+  if ARGV[i] == 'zadd' then
+    redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[1])
+    redis.call('ZADD', KEYS[3], ARGV[i + 2], ARGV[1])
+    i = i + 3
+  else
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('ZREM', KEYS[3], ARGV[1])
+    i = i + 1
+  end
+  if ARGV[i] == 'persist' then
+    redis.call('PERSIST', KEYS[1])
+  elseif ARGV[i] ~= '' then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[i])
+  end
+  i = i + 1
 end
 if ARGV[i] == 'set' then
   redis.call('HSET', KEYS[4], ARGV[1], ARGV[i + 1])
 elseif ARGV[i] == 'setnx' then
   redis.call('HSETNX', KEYS[4], ARGV[1], '')
 end
-if #KEYS == 5 then
-  redis.call('SET', KEYS[5], ARGV[#ARGV - 1], 'PX', ARGV[#ARGV])
-end
 return 1`)
 
 // casArgs builds casSet's ARGV from what was read (rd), what to store (stored, with both
-// indexes), the known name of the live bindings (next) and the count c; written is the hash
-// as it will be once the script has run. The known name is written only when the hash's
-// name field says it differs: a phone refreshing its registration under the same name
-// leaves <prefix>known alone.
-func casArgs(aor string, rd *hashRead, stored, next []Binding, c Count) (args []any, written *hashRead, err error) {
-	args = make([]any, 0, 14+2*len(rd.legacy)+len(rd.fields)+2*len(stored))
+// indexes), the known name of the live bindings (next) and the nonce window to store (its
+// text form, rd's when the write took no count); written is the hash as it will be once
+// the script has run. The known name is written only when the hash's name field says it
+// differs: a phone refreshing its registration under the same name leaves <prefix>known
+// alone. A hash left with no binding stays while its window does, and goes with it.
+func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, now time.Time) (args []any, written *hashRead, err error) {
+	args = make([]any, 0, 16+2*len(rd.legacy)+len(rd.fields)+2*len(stored))
 	args = append(args, aor)
 	if rd.legacy == nil {
 		args = append(args, rd.rev)
@@ -451,8 +527,9 @@ func casArgs(aor string, rd *hashRead, stored, next []Binding, c Count) (args []
 			mode = "setnx"
 		}
 	}
-	written = &hashRead{all: stored, name: rd.name, hasName: rd.hasName}
-	if len(stored) == 0 {
+	until, keep := windowEnd(window, now)
+	written = &hashRead{all: stored, name: rd.name, hasName: rd.hasName, window: window}
+	if len(stored) == 0 && !keep {
 		args = append(args, "del")
 		written = emptyRead
 	} else {
@@ -470,9 +547,15 @@ func casArgs(aor string, rd *hashRead, stored, next []Binding, c Count) (args []
 			pairs++
 			written.name, written.hasName = name, true
 		}
+		if window != rd.window {
+			pairs++
+		}
 		args = append(args, pairs, revField, written.rev)
 		if mode != "" {
 			args = append(args, nameField, name)
+		}
+		if window != rd.window {
+			args = append(args, windowField, window)
 		}
 		written.fields = make([]string, 0, len(stored))
 		for _, b := range stored {
@@ -483,15 +566,25 @@ func casArgs(aor string, rd *hashRead, stored, next []Binding, c Count) (args []
 			args = append(args, b.Key(), v)
 			written.fields = append(written.fields, b.Key())
 		}
-		first, last := bounds(stored)
-		args = append(args, first.UnixMilli(), last.UnixMilli())
+		switch {
+		case len(stored) > 0:
+			first, last := bounds(stored)
+			args = append(args, "zadd", first.UnixMilli(), last.UnixMilli())
+		default:
+			args = append(args, "zrem")
+		}
+		switch {
+		case len(stored) == 0:
+			args = append(args, until)
+		case len(rd.all) == 0 && rd.rev != "":
+			args = append(args, "persist") // the hash held only a window, which expires
+		default:
+			args = append(args, "")
+		}
 	}
 	args = append(args, mode)
 	if mode == "set" {
 		args = append(args, name)
-	}
-	if c.Nonce != "" {
-		args = append(args, c.NC, max(c.TTL.Milliseconds(), 1))
 	}
 	return args, written, nil
 }
@@ -568,7 +661,7 @@ func (r *Redis) Expire(ctx context.Context, now time.Time, limit int) ([]Binding
 				}
 			}
 			_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-				return r.writeSet(ctx, pipe, aor, keep)
+				return r.writeSet(ctx, pipe, aor, m, keep, now)
 			})
 			return err
 		})

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"net"
+	"reflect"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -470,7 +473,7 @@ func TestRedisRegistrationIsOneCommand(t *testing.T) {
 		return n
 	}
 	count := func(nonce string) location.Count {
-		return location.Count{Nonce: nonce, NC: 1, TTL: time.Minute}
+		return stamped(location.Count{Nonce: nonce, NC: 1, TTL: time.Minute}, now)
 	}
 	// The connection's handshake and the script's first load (NOSCRIPT, then EVAL) go first.
 	if _, err := s.UpdateCounted(ctx, "warm@pbx", now, count("n0"), adding("sip:warm", now, nil)); err != nil {
@@ -495,10 +498,13 @@ func TestRedisRegistrationIsOneCommand(t *testing.T) {
 	if n := sent(); n != 1 || calls != 1 {
 		t.Fatalf("a known AOR's registration sent %d commands and ran fn %d times, want 1 and 1", n, calls)
 	}
-	// The count was taken by the same script: Redis refuses it again, and this sidecar
-	// knows without asking.
-	if err := s.UseNonce(ctx, location.Count{Nonce: "n2", NC: 1, TTL: time.Minute}); !errors.Is(err, location.ErrReplay) {
+	// The count went into the AOR's hash with the binding, by the same script: the same
+	// count again is refused from the state this sidecar kept, without a command.
+	if _, err := s.UpdateCounted(ctx, "201@pbx", now, count("n2"), adding("sip:201@203.0.113.9", now, nil)); !errors.Is(err, location.ErrReplay) {
 		t.Fatalf("the count UpdateCounted took: %v, want ErrReplay", err)
+	}
+	if n := sent(); n != 0 {
+		t.Fatalf("refusing a replay from the kept state sent %d commands", n)
 	}
 	if !s.Replayed(location.Count{Nonce: "n2", NC: 1}) || s.Replayed(location.Count{Nonce: "n2", NC: 2}) || s.Replayed(location.Count{Nonce: "n-unknown", NC: 1}) {
 		t.Fatal("Replayed does not match the counts taken")
@@ -561,7 +567,7 @@ func TestRedisReplayOnAnotherSidecarStoresNothing(t *testing.T) {
 	a, b := twoSidecars(t)
 	ctx := context.Background()
 	now := time.Now()
-	c := location.Count{Nonce: "nonce-shared", NC: 1, TTL: time.Minute}
+	c := stamped(location.Count{Nonce: "nonce-shared", NC: 1, TTL: time.Minute}, now)
 	if _, err := a.UpdateCounted(ctx, "201@pbx", now, c, adding("sip:201@10.0.0.1", now, nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -571,10 +577,8 @@ func TestRedisReplayOnAnotherSidecarStoresNothing(t *testing.T) {
 	if b.Replayed(c) {
 		t.Fatal("a sidecar that never saw the count claims to")
 	}
-	for _, aor := range []string{"201@pbx", "202@pbx"} {
-		if _, err := b.UpdateCounted(ctx, aor, now, c, adding("sip:attacker@203.0.113.9", now, nil)); !errors.Is(err, location.ErrReplay) {
-			t.Fatalf("%s: replay on the other sidecar: %v, want ErrReplay", aor, err)
-		}
+	if _, err := b.UpdateCounted(ctx, "201@pbx", now, c, adding("sip:attacker@203.0.113.9", now, nil)); !errors.Is(err, location.ErrReplay) {
+		t.Fatalf("replay on the other sidecar: %v, want ErrReplay", err)
 	}
 	if bs, _ := b.Lookup(ctx, "201@pbx", now); len(bs) != 1 || bs[0].Contact != "sip:201@10.0.0.1" {
 		t.Fatalf("after the replay 201@pbx holds %v", bs)
@@ -838,7 +842,7 @@ func TestRedisUpdateCountedThen(t *testing.T) {
 	if _, err := a.Update(context.Background(), "warm@pbx", now, adding("sip:warm", now, nil)); err != nil {
 		t.Fatal(err)
 	}
-	c := location.Count{Nonce: "nonce-then", NC: 1, TTL: time.Minute}
+	c := stamped(location.Count{Nonce: "nonce-then", NC: 1, TTL: time.Minute}, now)
 	// A new AOR: one script, answered inside the hand-out.
 	r := updateThen(t, a, &handingOut, "201@pbx", now, c, adding("sip:201@10.0.0.1", now, nil))
 	if r.err != nil || len(r.bs) != 1 || !r.inHandOut || handOuts.Load() == 0 {
@@ -860,7 +864,7 @@ func TestRedisUpdateCountedThen(t *testing.T) {
 		t.Fatal(err)
 	}
 	calls := 0
-	r = updateThen(t, a, &handingOut, "201@pbx", now, location.Count{Nonce: "nonce-then", NC: 2, TTL: time.Minute}, adding("sip:201@10.0.0.3", now, &calls))
+	r = updateThen(t, a, &handingOut, "201@pbx", now, stamped(location.Count{Nonce: "nonce-then", NC: 2, TTL: time.Minute}, now), adding("sip:201@10.0.0.3", now, &calls))
 	if r.err != nil || len(r.bs) != 3 || calls != 2 || r.inHandOut {
 		t.Fatalf("from a stale state: %+v after %d runs of fn", r, calls)
 	}
@@ -889,6 +893,15 @@ func TestRedisUpdateCountedThenAfterAFlush(t *testing.T) {
 
 var errTestAbort = errors.New("test: fn refused")
 
+// stamped gives c the order a nonce of digest.Nonces carries: issued at now, with an ID of
+// its own (a function of the nonce, as digest's is).
+func stamped(c location.Count, now time.Time) location.Count {
+	h := fnv.New64a()
+	h.Write([]byte(c.Nonce))
+	c.Issued, c.ID = now.Unix(), h.Sum64()
+	return c
+}
+
 // SIPSIDECAR_REDIS_CACHE_AORS=0: nothing is kept, every update starts from the guess of an
 // empty hash and, for a known AOR, from the hash the script answers with; nothing is lost.
 func TestRedisWithoutStateCache(t *testing.T) {
@@ -899,7 +912,7 @@ func TestRedisWithoutStateCache(t *testing.T) {
 	now := time.Now()
 	for i, contact := range []string{"sip:201@10.0.0.1", "sip:201@10.0.0.2", "sip:201@10.0.0.3"} {
 		calls := 0
-		c := location.Count{Nonce: "nonce-nocache", NC: uint64(i + 1), TTL: time.Minute}
+		c := stamped(location.Count{Nonce: "nonce-nocache", NC: uint64(i + 1), TTL: time.Minute}, now)
 		got, err := s.UpdateCounted(ctx, "201@pbx", now, c, adding(contact, now, &calls))
 		if err != nil || len(got) != i+1 {
 			t.Fatalf("update %d: %v %v", i, got, err)
@@ -911,10 +924,227 @@ func TestRedisWithoutStateCache(t *testing.T) {
 	if _, ok := s.Recall("201@pbx", now); ok {
 		t.Fatal("a store that keeps nothing recalls an AOR")
 	}
-	if _, err := s.UpdateCounted(ctx, "201@pbx", now, location.Count{Nonce: "nonce-nocache", NC: 3, TTL: time.Minute}, adding("sip:evil", now, nil)); !errors.Is(err, location.ErrReplay) {
+	if _, err := s.UpdateCounted(ctx, "201@pbx", now, stamped(location.Count{Nonce: "nonce-nocache", NC: 3, TTL: time.Minute}, now), adding("sip:evil", now, nil)); !errors.Is(err, location.ErrReplay) {
 		t.Fatalf("replayed count: %v", err)
 	}
 	if bs, err := s.Lookup(ctx, "201@pbx", now); err != nil || len(bs) != 3 {
 		t.Fatalf("lookup: %v %v", bs, err)
+	}
+}
+
+// The nonce counts an AOR took live in its hash: a registration adds no key, and a count
+// outlives the bindings it came with (unregistered, or expired and swept) for as long as
+// its nonce is fresh, so a replay after the phone left is refused too, on any sidecar.
+func TestRedisNonceWindowOutlivesTheBindings(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	ctx := context.Background()
+	a, prefix := openRedis(t, srv.URL())
+	fresh := func() *location.Redis { // a sidecar that knows nothing yet
+		s := location.NewRedis(raw, prefix)
+		s.KeepAORs(0)
+		return s
+	}
+	key := prefix + "aor:201@pbx"
+	now := time.Now()
+	ttl := 6 * time.Minute
+	count := func(nonce string, nc uint64) location.Count {
+		return stamped(location.Count{Nonce: nonce, NC: nc, TTL: ttl}, now)
+	}
+	removing := func([]location.Binding) ([]location.Binding, error) { return nil, nil }
+	if _, err := a.UpdateCounted(ctx, "201@pbx", now, count("n1", 1), adding("sip:201@10.0.0.1", now, nil)); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := raw.Keys(ctx, prefix+"*").Result()
+	sort.Strings(keys)
+	if want := []string{prefix + "aor:201@pbx", prefix + "exp", prefix + "known", prefix + "live"}; !reflect.DeepEqual(keys, want) {
+		t.Fatalf("keys %v, want %v: a count needs no key of its own", keys, want)
+	}
+	if d, _ := raw.PTTL(ctx, key).Result(); d != -1 {
+		t.Fatalf("a hash with a binding expires in %v", d)
+	}
+	// Unregistered: the bindings and index entries go, the hash stays until the window's end.
+	if got, err := a.UpdateCounted(ctx, "201@pbx", now, count("n1", 2), removing); err != nil || len(got) != 0 {
+		t.Fatalf("unregister: %v %v", got, err)
+	}
+	d, _ := raw.PTTL(ctx, key).Result()
+	if d <= ttl-time.Minute || d > ttl+time.Second {
+		t.Fatalf("the emptied hash expires in %v, want about %v", d, ttl)
+	}
+	for _, z := range []string{"exp", "live"} {
+		if n, _ := raw.ZCard(ctx, prefix+z).Result(); n != 0 {
+			t.Fatalf("%s holds %d AORs after the unregister", z, n)
+		}
+	}
+	if aors, err := a.AORs(ctx, now); err != nil || len(aors) != 0 {
+		t.Fatalf("AORs: %v %v", aors, err)
+	}
+	for _, nc := range []uint64{1, 2} {
+		if _, err := fresh().UpdateCounted(ctx, "201@pbx", now, count("n1", nc), adding("sip:attacker", now, nil)); !errors.Is(err, location.ErrReplay) {
+			t.Fatalf("replay of nc %d after the unregister: %v", nc, err)
+		}
+	}
+	// A new registration brings the hash back for good.
+	brief := func(cur []location.Binding) ([]location.Binding, error) {
+		return append(cur, location.Binding{Contact: "sip:201@10.0.0.2", ExpiresAt: now.Add(time.Second)}), nil
+	}
+	if _, err := fresh().UpdateCounted(ctx, "201@pbx", now, count("n1", 3), brief); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := raw.PTTL(ctx, key).Result(); d != -1 {
+		t.Fatalf("registered again, the hash expires in %v", d)
+	}
+	// Expired and swept: the same.
+	later := now.Add(2 * time.Second)
+	if gone, err := a.Expire(ctx, later, 0); err != nil || len(gone) != 1 {
+		t.Fatalf("expire: %v %v", gone, err)
+	}
+	if d, _ := raw.PTTL(ctx, key).Result(); d <= ttl-time.Minute || d > ttl+time.Second {
+		t.Fatalf("after the sweep the hash expires in %v, want about %v", d, ttl)
+	}
+	if _, err := fresh().UpdateCounted(ctx, "201@pbx", now, count("n1", 3), adding("sip:attacker", now, nil)); !errors.Is(err, location.ErrReplay) {
+		t.Fatalf("replay after the sweep: %v", err)
+	}
+	// A hash without a window goes at once, as before.
+	if _, err := a.Update(ctx, "202@pbx", now, adding("sip:202@10.0.0.1", now, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Update(ctx, "202@pbx", now, removing); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := raw.Exists(ctx, prefix+"aor:202@pbx").Result(); n != 0 {
+		t.Fatal("an emptied hash without counts stays")
+	}
+}
+
+// More nonces used on one AOR than its window holds: the oldest is refused as stale (a
+// fresh nonce for the phone), not as a replay, on this sidecar and another.
+func TestRedisNonceWindowRefusesEvictedNoncesAsStale(t *testing.T) {
+	a, b := twoSidecars(t)
+	ctx := context.Background()
+	now := time.Now()
+	for i := range 12 { // the window holds 8
+		c := location.Count{Nonce: fmt.Sprint("w", i), NC: 1, TTL: time.Minute, Issued: now.Unix(), ID: uint64(i + 1)}
+		if _, err := a.UpdateCounted(ctx, "201@pbx", now, c, adding(fmt.Sprint("sip:201@10.0.0.", i), now, nil)); err != nil {
+			t.Fatalf("nonce %d: %v", i, err)
+		}
+	}
+	old := location.Count{Nonce: "w0", NC: 2, TTL: time.Minute, Issued: now.Unix(), ID: 1}
+	for name, s := range map[string]*location.Redis{"this sidecar": a, "another": b} {
+		if _, err := s.UpdateCounted(ctx, "201@pbx", now, old, adding("sip:201@late", now, nil)); !errors.Is(err, location.ErrStaleNonce) {
+			t.Fatalf("%s: an evicted nonce: %v, want ErrStaleNonce", name, err)
+		}
+	}
+	newest := location.Count{Nonce: "w11", NC: 2, TTL: time.Minute, Issued: now.Unix(), ID: 12}
+	if _, err := b.UpdateCounted(ctx, "201@pbx", now, newest, adding("sip:201@10.0.0.9", now, nil)); err != nil {
+		t.Fatalf("the newest nonce again: %v", err)
+	}
+}
+
+// A window this store cannot read (written by hand, or by something else) refuses every
+// nonce made up to now, and takes newer ones.
+func TestRedisUnreadableWindowRefusesOlderNonces(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	ctx := context.Background()
+	s, prefix := openRedis(t, srv.URL())
+	now := time.Now()
+	if err := raw.HSet(ctx, prefix+"aor:201@pbx", "rev", "r1", "nc", "garbage").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := location.Count{Nonce: "old", NC: 1, TTL: time.Minute, Issued: now.Unix(), ID: 7}
+	if _, err := s.UpdateCounted(ctx, "201@pbx", now, c, adding("sip:201@10.0.0.1", now, nil)); !errors.Is(err, location.ErrStaleNonce) {
+		t.Fatalf("a nonce of this second: %v, want ErrStaleNonce", err)
+	}
+	c = location.Count{Nonce: "new", NC: 1, TTL: time.Minute, Issued: now.Unix() + 1, ID: 7}
+	if got, err := s.UpdateCounted(ctx, "201@pbx", now, c, adding("sip:201@10.0.0.1", now, nil)); err != nil || len(got) != 1 {
+		t.Fatalf("a newer nonce: %v %v", got, err)
+	}
+	if v, _ := raw.HGet(ctx, prefix+"aor:201@pbx", "nc").Result(); v == "garbage" {
+		t.Fatal("the unreadable window is still there")
+	}
+}
+
+// A burst of REGISTERs on one AOR through one sidecar: they take turns, each starting from
+// the state the one before wrote, so none of them fails a compare-and-set and retries, and
+// every binding is kept. A turn waited for past its context's end gives up without taking
+// the AOR down with it.
+func TestRedisOneAORsUpdatesTakeTurns(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
+	counter := &commandCounter{n: map[string]int{}}
+	raw.AddHook(counter)
+	s := location.NewRedis(raw, fmt.Sprintf("t%d:", prefixSeq.Add(1)))
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := s.Update(ctx, "warm@pbx", now, adding("sip:warm", now, nil)); err != nil {
+		t.Fatal(err) // Redis learns the script
+	}
+	before := counter.get("evalsha")
+	const burst = 40
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	runs := 0
+	for i := range burst {
+		c := location.Count{} // (the goroutines' order is not the nonces')
+		fn := func(cur []location.Binding) ([]location.Binding, error) {
+			mu.Lock()
+			runs++
+			mu.Unlock()
+			return append(cur, location.Binding{Contact: fmt.Sprintf("sip:201@10.0.%d.1", i), ExpiresAt: now.Add(time.Hour)}), nil
+		}
+		wg.Add(1)
+		if i%2 == 0 {
+			s.UpdateCountedThen(ctx, "201@pbx", now, c, fn, func(_ []location.Binding, err error) {
+				if err != nil {
+					t.Errorf("deferred update %d: %v", i, err)
+				}
+				wg.Done()
+			})
+		} else {
+			go func() {
+				defer wg.Done()
+				if _, err := s.UpdateCounted(ctx, "201@pbx", now, c, fn); err != nil {
+					t.Errorf("update %d: %v", i, err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if n := counter.get("evalsha") - before; n != burst || runs != burst {
+		t.Fatalf("%d updates sent %d compare-and-sets and ran fn %d times: some lost a race", burst, n, runs)
+	}
+	if bs, err := s.Lookup(ctx, "201@pbx", now); err != nil || len(bs) != burst {
+		t.Fatalf("%d bindings, %v", len(bs), err)
+	}
+	// A caller whose context ends while it waits for its turn gets an error at once, and
+	// the turns go on.
+	gate := make(chan struct{})
+	s.UpdateCountedThen(ctx, "202@pbx", now, location.Count{}, adding("sip:202@a", now, nil), func([]location.Binding, error) { <-gate })
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	if _, err := s.UpdateCounted(short, "202@pbx", now, location.Count{}, adding("sip:202@b", now, nil)); !errors.Is(err, location.ErrUnavailable) || time.Since(begin) > 2*time.Second {
+		t.Fatalf("waiting past the deadline: %v after %v", err, time.Since(begin))
+	}
+	close(gate)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.UpdateCounted(ctx, "202@pbx", now, location.Count{}, adding("sip:202@c", now, nil))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the AOR's turns stopped after a caller gave up waiting")
+	}
+	if bs, _ := s.Lookup(ctx, "202@pbx", now); len(bs) != 2 {
+		t.Fatalf("202@pbx holds %v, want a and c", bs)
 	}
 }

@@ -8,6 +8,7 @@ type hashRead struct {
 	rev     string // the revision field; "" for an empty hash, or one an older sidecar wrote
 	name    string // the name field
 	hasName bool
+	window  string    // the nonce window's field ("" when none)
 	fields  []string  // every other field: the binding keys
 	all     []Binding // the bindings decoded, expired ones included; never handed out or changed
 	// legacy is a non-empty hash without a revision, as read: the compare-and-set checks
@@ -19,8 +20,9 @@ type hashRead struct {
 func readOf(m map[string]string) *hashRead {
 	rd := &hashRead{rev: m[revField], all: decodeAll(m), fields: make([]string, 0, len(m))}
 	rd.name, rd.hasName = m[nameField]
+	rd.window = m[windowField]
 	for f := range m {
-		if f != revField && f != nameField {
+		if !ownField(f) {
 			rd.fields = append(rd.fields, f)
 		}
 	}

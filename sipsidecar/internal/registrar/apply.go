@@ -117,6 +117,10 @@ func (r *Registrar) applied(ctx context.Context, req *sip.Request, rq request, s
 	switch {
 	case errors.Is(err, location.ErrReplay):
 		return r.replayed(ctx, req, rq, src)
+	case errors.Is(err, location.ErrStaleNonce):
+		// Newer nonces were used on this AOR since: a fresh one, not an auth failure.
+		r.count("stale")
+		return r.challenge(req, rq, true)
 	case errors.Is(err, errOutOfOrder):
 		r.count("out_of_order")
 		return r.reply(500, "Out Of Order")

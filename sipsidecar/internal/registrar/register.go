@@ -78,7 +78,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src Source, 
 			return res
 		}
 		r.count("challenged")
-		return r.challenge(req, realm, false)
+		return r.challenge(req, rq, false)
 	}
 
 	creds, res := r.credentials(req, &rq, src)
@@ -157,18 +157,18 @@ func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipd
 	switch {
 	case errors.Is(err, sipdigest.ErrNotDigest), errors.Is(err, sipdigest.ErrAlgorithm):
 		r.count("challenged")
-		return creds, r.challenge(req, realm, false)
+		return creds, r.challenge(req, *rq, false)
 	case err != nil:
 		r.count("bad_request")
 		return creds, r.reply(400, "Malformed Authorization")
 	case !found:
 		// Credentials for another realm: challenge for ours.
 		r.count("challenged")
-		return creds, r.challenge(req, realm, false)
+		return creds, r.challenge(req, *rq, false)
 	}
 	if !offered(r.cfg.Algorithms, creds.Algorithm) {
 		r.count("challenged")
-		return creds, r.challenge(req, realm, false)
+		return creds, r.challenge(req, *rq, false)
 	}
 	if creds.Username != rq.user {
 		// RFC 3261 §10.3 step 3: the authenticated user may not bind someone else's AOR.
@@ -179,23 +179,24 @@ func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipd
 	if creds.QOP != "auth" {
 		// We offered qop=auth; without it there is no nonce count and no replay guard.
 		r.count("challenged")
-		return creds, r.challenge(req, realm, false)
+		return creds, r.challenge(req, *rq, false)
 	}
-	serial, err := r.nonces.CheckSerial(creds.Nonce)
+	info, err := r.nonces.Inspect(creds.Nonce, rq.aor)
 	switch {
 	case errors.Is(err, digest.ErrStale):
 		r.count("stale")
-		return creds, r.challenge(req, realm, true)
+		return creds, r.challenge(req, *rq, true)
 	case err != nil:
 		r.count("challenged")
-		return creds, r.challenge(req, realm, false)
+		return creds, r.challenge(req, *rq, false)
 	}
 	nc, err := digest.ParseNC(creds.NC)
 	if err != nil {
 		r.count("bad_request")
 		return creds, r.reply(400, "Malformed Authorization")
 	}
-	rq.count = location.Count{Nonce: creds.Nonce, NC: nc, TTL: r.nonces.TTL() + time.Minute, Serial: serial}
+	rq.count = location.Count{Nonce: creds.Nonce, NC: nc, TTL: r.nonces.TTL() + time.Minute,
+		Serial: info.Serial, Issued: info.Issued, ID: info.ID}
 	if r.store.Replayed(rq.count) {
 		return creds, r.replayed(context.Background(), req, *rq, src)
 	}
@@ -206,14 +207,16 @@ func (r *Registrar) credentials(req *sip.Request, rq *request, src Source) (sipd
 func (r *Registrar) replayed(ctx context.Context, req *sip.Request, rq request, src Source) *answer {
 	r.authFailed(ctx, rq, src, "replayed nonce count")
 	r.count("replay")
-	return r.challenge(req, rq.realm, false)
+	return r.challenge(req, rq, false)
 }
 
 // challenge is a 401 with one WWW-Authenticate per offered algorithm, in order of
-// preference (RFC 8760 §2.4), all on one nonce.
-func (r *Registrar) challenge(req *sip.Request, realm string, stale bool) *answer {
+// preference (RFC 8760 §2.4), all on one nonce, made for rq's AOR: a nonce count taken
+// for one AOR then says nothing of any other, since no other accepts the nonce.
+func (r *Registrar) challenge(req *sip.Request, rq request, stale bool) *answer {
+	realm := rq.realm
 	res := r.reply(401, "Unauthorized")
-	res.digest = challenge{realm: realm, nonce: r.nonces.Make(), algorithms: r.cfg.Algorithms, stale: stale}
+	res.digest = challenge{realm: realm, nonce: r.nonces.MakeFor(rq.aor), algorithms: r.cfg.Algorithms, stale: stale}
 	return res
 }
 

@@ -110,9 +110,14 @@ func reg(contact string) string { return strings.Replace(base, "{CONTACT}", cont
 
 var src = Source{IP: "127.0.0.1", Port: 5070, Transport: "tcp"}
 
-// goodAuth answers a fresh nonce for 201/pw.
+// goodAuth answers a fresh nonce for user@pbx.
 func goodAuth(n *digest.Nonces, user, realm, alg, secret string, nc int) string {
-	c := sipdigest.Credentials{Username: user, Realm: realm, Nonce: n.Make(), URI: "sip:pbx", Algorithm: alg, QOP: "auth", NC: fmt.Sprintf("%08x", nc), CNonce: "cn"}
+	return authFor(n, user+"@pbx", user, realm, alg, secret, nc)
+}
+
+// authFor answers a fresh nonce made for the AOR scope.
+func authFor(n *digest.Nonces, scope, user, realm, alg, secret string, nc int) string {
+	c := sipdigest.Credentials{Username: user, Realm: realm, Nonce: n.MakeFor(scope), URI: "sip:pbx", Algorithm: alg, QOP: "auth", NC: fmt.Sprintf("%08x", nc), CNonce: "cn"}
 	c.Response = sipdigest.Response(c, "REGISTER", sipdigest.HA1(alg, user, realm, secret))
 	return fmt.Sprintf(`Digest username="%s", realm="%s", nonce="%s", uri="sip:pbx", response="%s", algorithm=%s, qop=auth, nc=%s, cnonce="cn"`,
 		user, realm, c.Nonce, c.Response, alg, c.NC)
@@ -210,6 +215,56 @@ func TestReplayThisSidecarCannotTellIsRefusedByTheStore(t *testing.T) {
 	bs, _ := store.Lookup(context.Background(), "201@pbx", t0)
 	if len(bs) != 1 || strings.Contains(bs[0].Contact, "203.0.113.66") {
 		t.Fatalf("replay changed the bindings: %v", bs)
+	}
+}
+
+// A nonce belongs to the AOR it was made for: the same user's nonce of another AOR (another
+// domain under one realm) is refused before the hook, so a count taken on one AOR can never
+// be replayed on another.
+func TestNonceOfAnotherAORIsRefused(t *testing.T) {
+	calls := 0
+	hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
+	r, store, n := newTestRegistrar(hook, nil)
+	for _, scope := range []string{"201@other", "202@pbx", ""} {
+		res := handle(t, r, msg(t, reg("Contact: <sip:201@203.0.113.66:5060>"), authFor(n, scope, "201", "pbx", "MD5", "pw", 1)), src)
+		ch := res.GetHeader("WWW-Authenticate")
+		if res.StatusCode != 401 || ch == nil || strings.Contains(ch.Value(), "stale") {
+			t.Fatalf("nonce of %q: %v, want a fresh challenge without stale", scope, res)
+		}
+	}
+	if bs, _ := store.Lookup(context.Background(), "201@pbx", t0); calls != 0 || len(bs) != 0 {
+		t.Fatalf("%d hook calls, bindings %v", calls, bs)
+	}
+	// The challenge's own nonce is 201@pbx's.
+	res := handle(t, r, msg(t, reg("Contact: <sip:201@h>"), ""), src)
+	nonce := res.GetHeader("WWW-Authenticate").Value()
+	nonce = nonce[strings.Index(nonce, `nonce="`)+7:]
+	nonce = nonce[:strings.IndexByte(nonce, '"')]
+	if _, err := n.Inspect(nonce, "201@pbx"); err != nil {
+		t.Fatalf("the challenge's nonce is not 201@pbx's: %v", err)
+	}
+}
+
+// staleWindow is a store whose AOR has taken counts of newer nonces (Redis's window).
+type staleWindow struct{ location.Store }
+
+func (staleWindow) UpdateCounted(context.Context, string, time.Time, location.Count, func([]location.Binding) ([]location.Binding, error)) ([]location.Binding, error) {
+	return nil, location.ErrStaleNonce
+}
+
+// A count the store no longer tells new from replayed gets a fresh nonce with stale=true:
+// the phone retries at once, and its address is not counted as failing.
+func TestStaleCountIsAFreshNonceNotAFailure(t *testing.T) {
+	nonces := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0 })
+	bans := &failureBans{Bans: location.NewMemoryBans(func() time.Time { return t0 })}
+	r := New(Options{Store: staleWindow{location.NewMemory()}, Nonces: nonces, Hook: passwordHook, Guard: &Guard{Bans: bans},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return t0 }})
+	res := handle(t, r, msg(t, reg("Contact: <sip:201@h>"), goodAuth(nonces, "201", "pbx", "MD5", "pw", 1)), src)
+	if ch := res.GetHeader("WWW-Authenticate"); res.StatusCode != 401 || ch == nil || !strings.Contains(ch.Value(), "stale=true") {
+		t.Fatalf("stale count: %v", res)
+	}
+	if n := bans.fails.Load(); n != 0 {
+		t.Fatalf("%d failures counted for a stale count", n)
 	}
 }
 
