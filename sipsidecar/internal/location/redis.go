@@ -198,8 +198,8 @@ func windowEnd(v string, now time.Time) (until int64, live bool) {
 	if v == "" {
 		return 0, false
 	}
-	w, err := parseWindow(v)
-	if err != nil {
+	var w nonceWindow
+	if err := w.parse(v); err != nil {
 		return now.Add(24 * time.Hour).UnixMilli(), true
 	}
 	return w.until, w.until > now.UnixMilli()
@@ -370,18 +370,23 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 	if next, err = fn(live); err != nil {
 		return nil, nil, nil, err
 	}
-	window := rd.window
+	window, win := rd.window, rd.win
+	var until int64
+	var keep bool
 	if c.Nonce != "" {
-		w, err := parseWindow(rd.window)
-		if err != nil {
+		w := new(nonceWindow)
+		switch {
+		case win != nil:
+			w.copyOf(win)
+		case w.parse(rd.window) != nil:
 			// Not a window this store wrote: refuse every nonce made up to now, for as
 			// long as any of them may be fresh.
-			w = nonceWindow{until: now.Add(c.TTL).UnixMilli(), floor: stamp{now.Unix(), math.MaxUint64}}
+			*w = nonceWindow{until: now.Add(c.TTL).UnixMilli(), floor: stamp{now.Unix(), math.MaxUint64}}
 		}
 		if err := w.take(c, now); err != nil {
 			return nil, nil, nil, err
 		}
-		window = w.String()
+		window, win, until, keep = w.String(), w, w.until, w.until > now.UnixMilli()
 	}
 	next = normalize(aor, next)
 	stored := append([]Binding(nil), next...)
@@ -390,7 +395,13 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 			stored = append(stored, b) // left for Expire to report
 		}
 	}
-	args, written, err = casArgs(aor, rd, stored, next, window, now)
+	if c.Nonce == "" && len(stored) == 0 {
+		until, keep = windowEnd(window, now)
+	}
+	args, written, err = casArgs(aor, rd, stored, next, window, until, keep)
+	if written != nil && written != emptyRead {
+		written.win = win
+	}
 	return next, args, written, err
 }
 
@@ -500,11 +511,12 @@ return 1`)
 
 // casArgs builds casSet's ARGV from what was read (rd), what to store (stored, with both
 // indexes), the known name of the live bindings (next) and the nonce window to store (its
-// text form, rd's when the write took no count); written is the hash as it will be once
+// text form, rd's when the write took no count; until, its end, and keep, whether that is
+// still to come, matter when no binding is left); written is the hash as it will be once
 // the script has run. The known name is written only when the hash's name field says it
 // differs: a phone refreshing its registration under the same name leaves <prefix>known
 // alone. A hash left with no binding stays while its window does, and goes with it.
-func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, now time.Time) (args []any, written *hashRead, err error) {
+func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, until int64, keep bool) (args []any, written *hashRead, err error) {
 	args = make([]any, 0, 16+2*len(rd.legacy)+len(rd.fields)+2*len(stored))
 	args = append(args, aor)
 	if rd.legacy == nil {
@@ -527,7 +539,6 @@ func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, no
 			mode = "setnx"
 		}
 	}
-	until, keep := windowEnd(window, now)
 	written = &hashRead{all: stored, name: rd.name, hasName: rd.hasName, window: window}
 	if len(stored) == 0 && !keep {
 		args = append(args, "del")

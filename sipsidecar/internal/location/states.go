@@ -8,7 +8,8 @@ type hashRead struct {
 	rev     string // the revision field; "" for an empty hash, or one an older sidecar wrote
 	name    string // the name field
 	hasName bool
-	window  string    // the nonce window's field ("" when none)
+	window  string       // the nonce window's field ("" when none)
+	win     *nonceWindow // window parsed, when this sidecar wrote it; else nil
 	fields  []string  // every other field: the binding keys
 	all     []Binding // the bindings decoded, expired ones included; never handed out or changed
 	// legacy is a non-empty hash without a revision, as read: the compare-and-set checks

@@ -2,9 +2,8 @@ package location
 
 import (
 	"errors"
+	"math"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -28,6 +27,7 @@ type nonceWindow struct {
 	until int64
 	floor stamp
 	ents  []windowEntry
+	room  [maxWindow + 1]windowEntry // where ents usually lives: a window fits on the stack
 }
 
 // stamp orders nonces: by issued, then by id (Count.Issued, Count.ID).
@@ -56,73 +56,117 @@ const windowField = "nc"
 
 var errWindowSyntax = errors.New("malformed nonce window")
 
-// parseWindow reads the text form; "" is the empty window.
-func parseWindow(v string) (nonceWindow, error) {
-	var w nonceWindow
+// parse reads the text form into w, which must be the zero window; "" is the empty
+// window. (A nonceWindow is not copied: its entries live in its own room; see copyOf.)
+func (w *nonceWindow) parse(v string) error {
+	w.ents = w.room[:0]
 	if v == "" {
-		return w, nil
+		return nil
 	}
-	parts := strings.Split(v, " ")
-	if len(parts) < 2 || len(parts) > 2+maxWindow {
-		return w, errWindowSyntax
+	var ok bool
+	var n uint64
+	if n, v, ok = cutHex(v, ' '); !ok || n > math.MaxInt64 {
+		return errWindowSyntax
 	}
-	until, err := strconv.ParseInt(parts[0], 16, 64)
-	if err != nil {
-		return w, errWindowSyntax
+	w.until = int64(n)
+	if w.floor, v, ok = cutStamp(v, ' '); !ok {
+		return errWindowSyntax
 	}
-	w.until = until
-	if w.floor, err = parseStamp(parts[1]); err != nil {
-		return w, err
-	}
-	for _, p := range parts[2:] {
-		st, nc, ok := strings.Cut(p, "=")
-		if !ok {
-			return w, errWindowSyntax
+	for v != "" {
+		if len(w.ents) == maxWindow {
+			return errWindowSyntax
 		}
 		var e windowEntry
-		if e.s, err = parseStamp(st); err != nil {
-			return w, err
+		if e.s, v, ok = cutStamp(v, '='); !ok {
+			return errWindowSyntax
 		}
-		if e.nc, err = strconv.ParseUint(nc, 16, 64); err != nil {
-			return w, errWindowSyntax
+		if e.nc, v, ok = cutHex(v, ' '); !ok {
+			return errWindowSyntax
 		}
 		w.ents = append(w.ents, e)
 	}
-	return w, nil
+	return nil
 }
 
-func parseStamp(v string) (stamp, error) {
-	is, id, ok := strings.Cut(v, ".")
-	if !ok {
-		return stamp{}, errWindowSyntax
+// copyOf makes w a copy of o.
+func (w *nonceWindow) copyOf(o *nonceWindow) {
+	*w = *o
+	w.ents = w.room[:len(o.ents)]
+}
+
+// cutStamp reads "issued.id" up to end (or the end of v) and returns the rest after it.
+func cutStamp(v string, end byte) (s stamp, rest string, ok bool) {
+	issued, rest, ok := cutHex(v, '.')
+	if !ok || issued > math.MaxInt64 || rest == "" {
+		return s, "", false
 	}
-	issued, err1 := strconv.ParseInt(is, 16, 64)
-	n, err2 := strconv.ParseUint(id, 16, 64)
-	if err1 != nil || err2 != nil {
-		return stamp{}, errWindowSyntax
+	if s.id, rest, ok = cutHex(rest, end); !ok {
+		return s, "", false
 	}
-	return stamp{issued, n}, nil
+	s.issued = int64(issued)
+	return s, rest, true
+}
+
+// cutHex reads a lowercase hex number of 1 to 16 digits, without leading zeros, up to end
+// (or the end of v), and returns the rest after end; the text form has nothing else.
+func cutHex(v string, end byte) (n uint64, rest string, ok bool) {
+	i := 0
+	for ; i < len(v) && v[i] != end; i++ {
+		c := v[i]
+		switch {
+		case '0' <= c && c <= '9':
+			n = n<<4 | uint64(c-'0')
+		case 'a' <= c && c <= 'f':
+			n = n<<4 | uint64(c-'a'+10)
+		default:
+			return 0, "", false
+		}
+	}
+	if i == 0 || i > 16 || (v[0] == '0' && i > 1) {
+		return 0, "", false
+	}
+	if i == len(v) {
+		return n, "", true
+	}
+	if i+1 == len(v) {
+		return 0, "", false // a separator with nothing after it
+	}
+	return n, v[i+1:], true
 }
 
 // String is the text form.
-func (w nonceWindow) String() string {
-	b := make([]byte, 0, 24+len(w.ents)*32)
-	b = strconv.AppendInt(b, w.until, 16)
+func (w *nonceWindow) String() string {
+	var buf [32 + (maxWindow+1)*48]byte
+	b := appendHex(buf[:0], uint64(w.until))
 	b = append(b, ' ')
 	b = appendStamp(b, w.floor)
 	for _, e := range w.ents {
 		b = append(b, ' ')
 		b = appendStamp(b, e.s)
 		b = append(b, '=')
-		b = strconv.AppendUint(b, e.nc, 16)
+		b = appendHex(b, e.nc)
 	}
 	return string(b)
 }
 
 func appendStamp(b []byte, s stamp) []byte {
-	b = strconv.AppendInt(b, s.issued, 16)
+	b = appendHex(b, uint64(s.issued))
 	b = append(b, '.')
-	return strconv.AppendUint(b, s.id, 16)
+	return appendHex(b, s.id)
+}
+
+func appendHex(b []byte, n uint64) []byte {
+	var d [16]byte
+	i := len(d)
+	for {
+		i--
+		d[i] = "0123456789abcdef"[n&15]
+		n >>= 4
+		if n == 0 {
+			break
+		}
+	}
+	return append(b, d[i:]...)
 }
 
 // take takes c's count at now: ErrReplay when the window holds c's nonce at c.NC or above,

@@ -19,10 +19,10 @@ func TestNonceWindowTakes(t *testing.T) {
 	check := func(step string, c Count, want error) {
 		t.Helper()
 		if err := w.take(c, now); !errors.Is(err, want) || (want == nil && err != nil) {
-			t.Fatalf("%s %+v: %v, want %v (window %s)", step, c, err, want, w)
+			t.Fatalf("%s %+v: %v, want %v (window %s)", step, c, err, want, w.String())
 		}
-		back, err := parseWindow(w.String())
-		if err != nil || back.String() != w.String() {
+		var back nonceWindow
+		if err := back.parse(w.String()); err != nil || back.String() != w.String() {
 			t.Fatalf("%s: %q does not read back (%v)", step, w.String(), err)
 		}
 	}
@@ -36,7 +36,7 @@ func TestNonceWindowTakes(t *testing.T) {
 		check("filling the window", at(i0+1+int64(k), 1, 1), nil)
 	}
 	if len(w.ents) != maxWindow || w.floor != (stamp{}) {
-		t.Fatalf("full window %s", w)
+		t.Fatalf("full window %s", w.String())
 	}
 	// One more: the oldest, (i0-1, 9), leaves, and the floor rises to it.
 	check("one more than the window holds", at(i0+maxWindow, 1, 1), nil)
@@ -44,7 +44,7 @@ func TestNonceWindowTakes(t *testing.T) {
 	check("below the floor, never counted: refused all the same", at(i0-1, 8, 1), ErrStaleNonce)
 	check("still in the window", at(i0, 1, 4), nil)
 	if len(w.ents) != maxWindow || w.floor != (stamp{i0 - 1, 9}) {
-		t.Fatalf("window %s", w)
+		t.Fatalf("window %s", w.String())
 	}
 	if want := (i0+maxWindow)*1000 + ttl.Milliseconds(); w.until != want {
 		t.Fatalf("until %d, want %d", w.until, want)
@@ -55,7 +55,7 @@ func TestNonceWindowTakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(w.ents) != maxWindow-1 || w.floor != (stamp{i0, 2}) {
-		t.Fatalf("after the first ones went stale: %s", w)
+		t.Fatalf("after the first ones went stale: %s", w.String())
 	}
 }
 
@@ -82,15 +82,15 @@ func TestNonceWindowNeverTakesACountTwice(t *testing.T) {
 				c = Count{Nonce: "n", NC: 1 + uint64(rng.IntN(3)), TTL: ttl,
 					Issued: now.Unix() - int64(rng.IntN(60)), ID: uint64(rng.IntN(8))}
 			}
-			w, err := parseWindow(text)
-			if err != nil {
+			var w nonceWindow
+			if err := w.parse(text); err != nil {
 				t.Fatalf("round %d: %q: %v", round, text, err)
 			}
-			err = w.take(c, now)
+			err := w.take(c, now)
 			if err == nil {
 				key := Count{NC: c.NC, Issued: c.Issued, ID: c.ID}
 				if taken[key] {
-					t.Fatalf("round %d: %+v taken twice (window %s)", round, c, w)
+					t.Fatalf("round %d: %+v taken twice (window %s)", round, c, w.String())
 				}
 				taken[key] = true
 				text = w.String()
@@ -111,12 +111,14 @@ func TestParseWindowRefusesWhatItDidNotWrite(t *testing.T) {
 		"1 2.3 " + strings.Repeat("4.5=1 ", maxWindow+1), "1  2.3", "-", "1 2.3 4.5=1=2",
 		"ffffffffffffffffff 2.3",
 	} {
-		if w, err := parseWindow(v); err == nil {
-			t.Errorf("%q parsed as %s", v, w)
+		var w nonceWindow
+		if err := w.parse(v); err == nil {
+			t.Errorf("%q parsed as %s", v, w.String())
 		}
 	}
-	if w, err := parseWindow(""); err != nil || w.until != 0 || len(w.ents) != 0 {
-		t.Fatalf("the empty window: %+v %v", w, err)
+	var w nonceWindow
+	if err := w.parse(""); err != nil || w.until != 0 || len(w.ents) != 0 {
+		t.Fatalf("the empty window: %s %v", w.String(), err)
 	}
 }
 
@@ -127,10 +129,33 @@ func BenchmarkNonceWindowTake(b *testing.B) {
 	i := int64(0)
 	for b.Loop() {
 		i++
-		w, _ := parseWindow(text)
+		var w nonceWindow
+		w.parse(text)
 		if err := w.take(Count{Nonce: "n", NC: 1, TTL: 6 * time.Minute, Issued: now.Unix(), ID: uint64(i)}, now); err != nil {
 			b.Fatal(err)
 		}
 		text = w.String()
 	}
+}
+
+// Whatever a hash's "nc" field holds, parse either refuses it or reads a window that
+// writes back to text it reads the same way.
+func FuzzNonceWindowParse(f *testing.F) {
+	for _, s := range []string{"", "0 0.0", "1d1a94f7f00 773593f5.9 773593f6.1=3 773593f6.2=1", "1 2.3 4.5=z", "0 00.0", "ffffffffffffffff 1.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		var w nonceWindow
+		if w.parse(v) != nil {
+			return
+		}
+		text := w.String()
+		var back nonceWindow
+		if err := back.parse(text); err != nil || back.String() != text {
+			t.Fatalf("%q read as %q, which reads back as %q (%v)", v, text, back.String(), err)
+		}
+		if v != "" && text != v {
+			t.Fatalf("%q read as %q: the text form has one spelling", v, text)
+		}
+	})
 }
