@@ -10,8 +10,8 @@ type hashRead struct {
 	hasName bool
 	window  string       // the nonce window's field ("" when none)
 	win     *nonceWindow // window parsed, when this sidecar wrote it; else nil
-	fields  []string  // every other field: the binding keys
-	all     []Binding // the bindings decoded, expired ones included; never handed out or changed
+	fields  []string     // every other field: the binding keys
+	all     []Binding    // the bindings decoded, expired ones included; never handed out or changed
 	// legacy is a non-empty hash without a revision, as read: the compare-and-set checks
 	// it field by field. Such reads are never kept in aorStates.
 	legacy map[string]string
