@@ -11,9 +11,10 @@ package location
 //	                       are all gone stays while its window does (PEXPIREAT its end).
 //	<prefix>exp            sorted set: member AOR, score = the earliest ExpiresAt among its
 //	                       stored bindings (unix ms). Expire reads the AORs due from here
-//	                       (ZRANGEBYSCORE -inf now), never SCAN.
-//	<prefix>live           sorted set: member AOR, score = the latest ExpiresAt among its
-//	                       bindings (unix ms). AORs(now) is the range above now.
+//	                       (ZRANGEBYSCORE -inf now), never SCAN; AORs(now) is the range above
+//	                       now, and those of the AORs due not yet swept that hold a live
+//	                       binding. (Versions before this one also kept <prefix>live, the
+//	                       latest expiry: one more ZADD per registration. It is not read.)
 //	<prefix>known          hash: AOR → display name ("" when none), kept after the
 //	                       bindings expire, for presence snapshots.
 //	<prefix>nonce:<nonce>  string: the highest nc UseNonce took for a nonce, with a TTL
@@ -22,7 +23,7 @@ package location
 //	<prefix>fail:<ip>      string: auth failures of a source address in the current window (TTL)
 //	<prefix>ban:<ip>       string "1" while the address is banned (TTL)
 //
-// An AOR's hash and its two index entries change together: Update writes with a
+// An AOR's hash and its index entry change together: Update writes with a
 // compare-and-set script that applies only if the hash is still what the write started
 // from: its revision, or every field of a hash without one (written by an older sidecar).
 // Expire uses WATCH <aor key> / MULTI / EXEC and writes a new revision too. Two REGISTERs
@@ -151,7 +152,7 @@ func decodeAll(m map[string]string) []Binding {
 	return out
 }
 
-// writeSet queues the commands that make aor hold exactly bs, with both indexes, keeping
+// writeSet queues the commands that make aor hold exactly bs, with its index entry, keeping
 // the name and the nonce window of m, the hash as read. A hash left with no binding stays,
 // with its window, until the window's end (windowEnd).
 func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, m map[string]string, bs []Binding, now time.Time) error {
@@ -160,7 +161,6 @@ func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, 
 	until, keep := windowEnd(m[windowField], now)
 	if len(bs) == 0 && !keep {
 		pipe.ZRem(ctx, r.prefix+"exp", aor)
-		pipe.ZRem(ctx, r.prefix+"live", aor)
 		return nil
 	}
 	fields := make([]any, 0, 6+2*len(bs))
@@ -181,13 +181,11 @@ func (r *Redis) writeSet(ctx context.Context, pipe redis.Pipeliner, aor string, 
 	pipe.HSet(ctx, key, fields...)
 	if len(bs) == 0 {
 		pipe.ZRem(ctx, r.prefix+"exp", aor)
-		pipe.ZRem(ctx, r.prefix+"live", aor)
 		pipe.PExpireAt(ctx, key, time.UnixMilli(until))
 		return nil
 	}
-	first, last := bounds(bs)
+	first, _ := bounds(bs)
 	pipe.ZAdd(ctx, r.prefix+"exp", redis.Z{Score: float64(first.UnixMilli()), Member: aor})
-	pipe.ZAdd(ctx, r.prefix+"live", redis.Z{Score: float64(last.UnixMilli()), Member: aor})
 	return nil
 }
 
@@ -311,7 +309,7 @@ func (r *Redis) SetHandOut(f func(deliver func())) { r.p.handOut = f }
 
 // casKeys are casSet's keys for aor.
 func (r *Redis) casKeys(aor string) []string {
-	return []string{r.aorKey(aor), r.prefix + "exp", r.prefix + "live", r.prefix + "known"}
+	return []string{r.aorKey(aor), r.prefix + "exp", r.prefix + "known"}
 }
 
 // start is what an update of aor starts from: the kept state, or the guess of an empty hash.
@@ -451,13 +449,13 @@ func pairs(v []any) (map[string]string, bool) {
 // or, for a hash without one (empty, or written by an older sidecar), its length and every
 // field; if not, it answers with the hash as it is now (HGETALL's list), for the writer to
 // start again from. Otherwise it writes the AOR's hash (its nonce window among the fields),
-// its two index entries and its known name, and answers 1.
-// KEYS: aor hash, exp, live, known. ARGV: aor; the revision read, or "" then n and n read
-// field/value pairs; then either "del" (the hash goes, with its index entries), or "set",
-// d and d fields to delete, m and m field/value pairs to set (the revision's among them),
-// then "zadd" with the earliest and latest expiry ms, or "zrem" (no binding left), then
-// the hash's own expiry: "", "persist", or the unix ms it goes at; last, the known mode
-// ("", "set" with a name, "setnx").
+// its index entry and its known name, and answers 1.
+// KEYS: aor hash, exp, known. ARGV: aor; the revision read, or "" then n and n read
+// field/value pairs; then either "del" (the hash goes, with its index entry), or "set", d
+// and d fields to delete, m and m field/value pairs to set (the revision's among them),
+// then "zadd" with the earliest expiry ms, or "zrem" (no binding left), then the hash's own
+// expiry: "", "persist", or the unix ms it goes at; last, the known mode ("", "set" with a
+// name, "setnx").
 var casSet = redis.NewScript(`
 local i = 3
 if ARGV[2] ~= '' then
@@ -474,7 +472,6 @@ end
 if ARGV[i] == 'del' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
   i = i + 1
 else
   local d = tonumber(ARGV[i + 1])
@@ -488,11 +485,9 @@ else
   i = i + 1 + 2 * m
   if ARGV[i] == 'zadd' then
     redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[1])
-    redis.call('ZADD', KEYS[3], ARGV[i + 2], ARGV[1])
-    i = i + 3
+    i = i + 2
   else
     redis.call('ZREM', KEYS[2], ARGV[1])
-    redis.call('ZREM', KEYS[3], ARGV[1])
     i = i + 1
   end
   if ARGV[i] == 'persist' then
@@ -503,14 +498,14 @@ else
   i = i + 1
 end
 if ARGV[i] == 'set' then
-  redis.call('HSET', KEYS[4], ARGV[1], ARGV[i + 1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[i + 1])
 elseif ARGV[i] == 'setnx' then
-  redis.call('HSETNX', KEYS[4], ARGV[1], '')
+  redis.call('HSETNX', KEYS[3], ARGV[1], '')
 end
 return 1`)
 
-// casArgs builds casSet's ARGV from what was read (rd), what to store (stored, with both
-// indexes), the known name of the live bindings (next) and the nonce window to store (its
+// casArgs builds casSet's ARGV from what was read (rd), what to store (stored, with its
+// index entry), the known name of the live bindings (next) and the nonce window to store (its
 // text form, rd's when the write took no count; until, its end, and keep, whether that is
 // still to come, matter when no binding is left); written is the hash as it will be once
 // the script has run. The known name is written only when the hash's name field says it
@@ -579,8 +574,8 @@ func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, un
 		}
 		switch {
 		case len(stored) > 0:
-			first, last := bounds(stored)
-			args = append(args, "zadd", first.UnixMilli(), last.UnixMilli())
+			first, _ := bounds(stored)
+			args = append(args, "zadd", first.UnixMilli())
 		default:
 			args = append(args, "zrem")
 		}
@@ -694,13 +689,39 @@ func (r *Redis) Known(ctx context.Context) (map[string]string, error) {
 	return m, nil
 }
 
-// AORs implements Store.
+// AORs implements Store: the AORs whose earliest binding is live, and of those whose
+// earliest binding has expired but not yet been swept (a second's worth while the sweep
+// keeps up), the ones with another binding live, read from their hashes in one pipeline.
 func (r *Redis) AORs(ctx context.Context, now time.Time) ([]string, error) {
-	aors, err := r.c.ZRangeByScore(ctx, r.prefix+"live", &redis.ZRangeBy{
-		Min: "(" + strconv.FormatInt(now.UnixMilli(), 10), Max: "+inf",
-	}).Result()
+	all, err := r.c.ZRangeWithScores(ctx, r.prefix+"exp", 0, -1).Result()
 	if err != nil {
 		return nil, unavailable(err)
+	}
+	ms := float64(now.UnixMilli())
+	var aors, due []string
+	for _, z := range all {
+		aor, _ := z.Member.(string)
+		if z.Score > ms {
+			aors = append(aors, aor)
+		} else {
+			due = append(due, aor)
+		}
+	}
+	if len(due) > 0 {
+		reads := make([]*redis.MapStringStringCmd, len(due))
+		if _, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, aor := range due {
+				reads[i] = p.HGetAll(ctx, r.aorKey(aor))
+			}
+			return nil
+		}); err != nil {
+			return nil, unavailable(err)
+		}
+		for i, aor := range due {
+			if len(liveOf(decodeAll(reads[i].Val()), now)) > 0 {
+				aors = append(aors, aor)
+			}
+		}
 	}
 	sort.Strings(aors)
 	return aors, nil

@@ -85,8 +85,8 @@ func TestRedisKeyLayout(t *testing.T) {
 	if sc, _ := raw.ZScore(ctx, "sipsidecar:exp", "201@pbx").Result(); int64(sc) != t0.Add(time.Minute).UnixMilli() {
 		t.Fatalf("exp score %v, want the earliest expiry in ms", sc)
 	}
-	if sc, _ := raw.ZScore(ctx, "sipsidecar:live", "201@pbx").Result(); int64(sc) != t0.Add(time.Hour).UnixMilli() {
-		t.Fatalf("live score %v, want the latest expiry in ms", sc)
+	if n, _ := raw.Exists(ctx, "sipsidecar:live").Result(); n != 0 {
+		t.Fatal("a live key is written")
 	}
 	if name, _ := raw.HGet(ctx, "sipsidecar:known", "201@pbx").Result(); name != "Alice" {
 		t.Fatalf("known %q", name)
@@ -659,7 +659,7 @@ func TestRedisScriptsSurviveAFlush(t *testing.T) {
 }
 
 // A refresh under the same name, as a phone re-registering sends, costs Redis one revision
-// check, one HSET, and the two index updates: no length check, no field-by-field compare, no
+// check, one HSET, and the index update: no length check, no field-by-field compare, no
 // DEL, and no write of the known name (INFO commandstats counts the script's own commands).
 func TestRedisRefreshWritesLittle(t *testing.T) {
 	srv := testenv.StartRedis(t)
@@ -701,7 +701,7 @@ func TestRedisRefreshWritesLittle(t *testing.T) {
 	calls()
 	put("Alice", "sip:201@10.0.0.1", "sip:201@10.0.0.2")
 	got := calls()
-	for cmd, want := range map[string]int{"hget": 1, "hset": 1, "zadd": 2, "hlen": 0, "del": 0, "hdel": 0, "hsetnx": 0} {
+	for cmd, want := range map[string]int{"hget": 1, "hset": 1, "zadd": 1, "hlen": 0, "del": 0, "hdel": 0, "hsetnx": 0} {
 		if got[cmd] != want {
 			t.Errorf("a refresh ran %s %d times, want %d (all: %v)", cmd, got[cmd], want, got)
 		}
@@ -958,13 +958,13 @@ func TestRedisNonceWindowOutlivesTheBindings(t *testing.T) {
 	}
 	keys, _ := raw.Keys(ctx, prefix+"*").Result()
 	sort.Strings(keys)
-	if want := []string{prefix + "aor:201@pbx", prefix + "exp", prefix + "known", prefix + "live"}; !reflect.DeepEqual(keys, want) {
+	if want := []string{prefix + "aor:201@pbx", prefix + "exp", prefix + "known"}; !reflect.DeepEqual(keys, want) {
 		t.Fatalf("keys %v, want %v: a count needs no key of its own", keys, want)
 	}
 	if d, _ := raw.PTTL(ctx, key).Result(); d != -1 {
 		t.Fatalf("a hash with a binding expires in %v", d)
 	}
-	// Unregistered: the bindings and index entries go, the hash stays until the window's end.
+	// Unregistered: the bindings and the index entry go, the hash stays until the window's end.
 	if got, err := a.UpdateCounted(ctx, "201@pbx", now, count("n1", 2), removing); err != nil || len(got) != 0 {
 		t.Fatalf("unregister: %v %v", got, err)
 	}
@@ -972,10 +972,8 @@ func TestRedisNonceWindowOutlivesTheBindings(t *testing.T) {
 	if d <= ttl-time.Minute || d > ttl+time.Second {
 		t.Fatalf("the emptied hash expires in %v, want about %v", d, ttl)
 	}
-	for _, z := range []string{"exp", "live"} {
-		if n, _ := raw.ZCard(ctx, prefix+z).Result(); n != 0 {
-			t.Fatalf("%s holds %d AORs after the unregister", z, n)
-		}
+	if n, _ := raw.ZCard(ctx, prefix+"exp").Result(); n != 0 {
+		t.Fatalf("exp holds %d AORs after the unregister", n)
 	}
 	if aors, err := a.AORs(ctx, now); err != nil || len(aors) != 0 {
 		t.Fatalf("AORs: %v %v", aors, err)

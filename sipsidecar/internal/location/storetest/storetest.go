@@ -482,6 +482,28 @@ func Run(t *testing.T, newStore func(t *testing.T) location.Store) {
 		if err != nil || fmt.Sprint(got) != "[b@d c@d]" {
 			t.Fatalf("AORs after a@d expired %v %v", got, err)
 		}
+		// Expired bindings not yet swept: an AOR counts while any binding of it is live.
+		put(t, s, bind("d@d", "sip:4", t0.Add(time.Minute)), bind("d@d", "sip:5", t0.Add(time.Hour)),
+			bind("e@d", "sip:6", t0.Add(time.Minute)), bind("e@d", "sip:7", t0.Add(90*time.Second)))
+		for _, at := range []struct {
+			now  time.Time
+			want string
+		}{
+			{t0, "[a@d b@d c@d d@d e@d]"},
+			{t0.Add(80 * time.Second), "[b@d c@d d@d e@d]"},
+			{t0.Add(2 * time.Minute), "[b@d c@d d@d]"},
+			{t0.Add(2 * time.Hour), "[]"},
+		} {
+			if got, err := s.AORs(ctx, at.now); err != nil || fmt.Sprint(got) != at.want {
+				t.Fatalf("AORs at %v: %v %v, want %s", at.now.Sub(t0), got, err, at.want)
+			}
+		}
+		if _, err := s.Expire(ctx, t0.Add(2*time.Minute), 0); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.AORs(ctx, t0.Add(2*time.Minute)); err != nil || fmt.Sprint(got) != "[b@d c@d d@d]" {
+			t.Fatalf("AORs after the sweep: %v %v", got, err)
+		}
 	})
 
 	t.Run("nonce counts must grow", func(t *testing.T) {
