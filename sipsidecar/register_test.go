@@ -362,3 +362,44 @@ func TestRedisBackedRegistrarSurvivesOutage(t *testing.T) {
 		t.Fatalf("after a sidecar restart: %d bindings", n)
 	}
 }
+
+// Two sidecars on one Redis: an Authorization used on one is refused on the other, before
+// and after the phone unregistered (the AOR's nonce counts outlive its bindings), and the
+// replay stores nothing; an honest phone still registers through either.
+func TestReplayAcrossSidecarsSharingRedis(t *testing.T) {
+	redis := testenv.StartRedis(t)
+	hook := newTestHook(t)
+	useRedis := func(c *config.Config) { c.RedisURL = redis.URL() }
+	a := startSidecar(t, hook, useRedis)
+	b := startSidecar(t, hook, useRedis)
+	p := newPhone(t, a, "UDP", "201")
+	here := []string{"<sip:201@127.0.0.1:5999>"}
+	challenge := p.send(p.request(here))
+	first := authorize(t, challenge, "201", "pw-201", "MD5", 1)
+	if res := p.send(p.request(here, "Authorization: "+first)); res.StatusCode != 200 {
+		t.Fatalf("register on a: %d", res.StatusCode)
+	}
+	attacker := newPhone(t, b, "UDP", "201")
+	evil := []string{"<sip:201@198.51.100.9:5060>"}
+	if res := attacker.send(attacker.request(evil, "Authorization: "+first)); res.StatusCode != 401 {
+		t.Fatalf("replay on b while registered: %d", res.StatusCode)
+	}
+	second := authorize(t, challenge, "201", "pw-201", "MD5", 2)
+	if res := p.send(p.request([]string{"<sip:201@127.0.0.1:5999>;expires=0"}, "Authorization: "+second)); res.StatusCode != 200 {
+		t.Fatalf("unregister on a: %d", res.StatusCode)
+	}
+	if n := len(b.locations(t, "201@pbx.test")); n != 0 {
+		t.Fatalf("%d bindings after the unregister", n)
+	}
+	for nc, auth := range map[int]string{1: first, 2: second} {
+		if res := attacker.send(attacker.request(evil, "Authorization: "+auth)); res.StatusCode != 401 {
+			t.Fatalf("replay of nc %d on b after the unregister: %d", nc, res.StatusCode)
+		}
+	}
+	if n := len(a.locations(t, "201@pbx.test")); n != 0 {
+		t.Fatalf("a replay stored %d bindings", n)
+	}
+	if res := newPhone(t, b, "UDP", "201").register("pw-201", "MD5", here); res.StatusCode != 200 {
+		t.Fatalf("honest register on b: %d", res.StatusCode)
+	}
+}
