@@ -70,7 +70,7 @@ func settings() []setting {
 		{"HTTP_ADDR", "127.0.0.1:9060", "metrics, health and /locations (host:port)", func(c *Config, v string) error { c.HTTPAddr = v; return hostPort(v) }},
 		{"REDIS_URL", "", "Redis for bindings, nonce counts and bans; empty = in memory", func(c *Config, v string) error { c.RedisURL = v; return redisURL(v) }},
 		{"REDIS_PREFIX", "sipsidecar:", "Redis key prefix", func(c *Config, v string) error { c.RedisPrefix = v; return nil }},
-		{"REDIS_CACHE_AORS", "65536", "AORs whose last Redis state the sidecar keeps, so that a registration costs Redis one round trip (about 1.6 KiB each); 0 = none", func(c *Config, v string) (err error) { c.RedisCacheAORs, err = integer(v, 0, 10000000); return }},
+		{"REDIS_CACHE_AORS", "65536", "AORs whose last Redis state the sidecar keeps, so that a registration costs Redis one round trip (about 2.1 KiB each); 0 = none", func(c *Config, v string) (err error) { c.RedisCacheAORs, err = integer(v, 0, 10000000); return }},
 		{"AUTH_HOOK_URL", "", "digest callback URL (required)", func(c *Config, v string) error { c.HookURL = v; return httpURL(v) }},
 		{"AUTH_HOOK_SECRET", "", "HMAC secret for the Jambonz-Signature header; empty = unsigned", func(c *Config, v string) error { c.HookSecret = v; return nil }},
 		{"AUTH_HOOK_USERNAME", "", "Basic auth user for the callback", func(c *Config, v string) error { c.HookUsername = v; return nil }},

@@ -368,7 +368,8 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 	if next, err = fn(live); err != nil {
 		return nil, nil, nil, err
 	}
-	window, win := rd.window, rd.win
+	var window string // the window to write, when it changed
+	win := rd.win
 	var until int64
 	var keep bool
 	if c.Nonce != "" {
@@ -394,11 +395,18 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 		}
 	}
 	if c.Nonce == "" && len(stored) == 0 {
-		until, keep = windowEnd(window, now)
+		if win != nil {
+			until, keep = win.until, win.until > now.UnixMilli()
+		} else {
+			until, keep = windowEnd(rd.window, now)
+		}
 	}
 	args, written, err = casArgs(aor, rd, stored, next, window, until, keep)
 	if written != nil && written != emptyRead {
-		written.win = win
+		// The kept state holds the window parsed, or else as read: not both.
+		if written.win = win; win == nil {
+			written.window = rd.window
+		}
 	}
 	return next, args, written, err
 }
@@ -505,9 +513,9 @@ end
 return 1`)
 
 // casArgs builds casSet's ARGV from what was read (rd), what to store (stored, with its
-// index entry), the known name of the live bindings (next) and the nonce window to store (its
-// text form, rd's when the write took no count; until, its end, and keep, whether that is
-// still to come, matter when no binding is left); written is the hash as it will be once
+// index entry), the known name of the live bindings (next) and the nonce window to write
+// (its text form; "" leaves the hash's as it is; until, the window's end, and keep, whether
+// that is still to come, matter when no binding is left); written is the hash as it will be once
 // the script has run. The known name is written only when the hash's name field says it
 // differs: a phone refreshing its registration under the same name leaves <prefix>known
 // alone. A hash left with no binding stays while its window does, and goes with it.
@@ -534,7 +542,7 @@ func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, un
 			mode = "setnx"
 		}
 	}
-	written = &hashRead{all: stored, name: rd.name, hasName: rd.hasName, window: window}
+	written = &hashRead{all: stored, name: rd.name, hasName: rd.hasName}
 	if len(stored) == 0 && !keep {
 		args = append(args, "del")
 		written = emptyRead
@@ -553,14 +561,14 @@ func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, un
 			pairs++
 			written.name, written.hasName = name, true
 		}
-		if window != rd.window {
+		if window != "" {
 			pairs++
 		}
 		args = append(args, pairs, revField, written.rev)
 		if mode != "" {
 			args = append(args, nameField, name)
 		}
-		if window != rd.window {
+		if window != "" {
 			args = append(args, windowField, window)
 		}
 		written.fields = make([]string, 0, len(stored))

@@ -8,8 +8,8 @@ type hashRead struct {
 	rev     string // the revision field; "" for an empty hash, or one an older sidecar wrote
 	name    string // the name field
 	hasName bool
-	window  string       // the nonce window's field ("" when none)
-	win     *nonceWindow // window parsed, when this sidecar wrote it; else nil
+	window  string       // the nonce window's field as read ("" when none, or when win holds it)
+	win     *nonceWindow // the window parsed, when this sidecar wrote it; else nil
 	fields  []string     // every other field: the binding keys
 	all     []Binding    // the bindings decoded, expired ones included; never handed out or changed
 	// legacy is a non-empty hash without a revision, as read: the compare-and-set checks
@@ -48,9 +48,10 @@ var emptyRead = &hashRead{}
 // which the Update then checks.
 //
 // Two generations of at most half the configured number each bound the memory: an entry
-// is about 1.6 KiB with one binding (TestAORStatesMemory: the hash's JSON, which the decoded
-// Binding's strings point into, the Binding and the map's share), so the default of 65,536
-// AORs (SIPSIDECAR_REDIS_CACHE_AORS) is at most about 100 MiB.
+// is about 2.1 KiB with one binding and a full nonce window (TestAORStatesMemory: the
+// hash's JSON, which the decoded Binding's strings point into, the Binding, the window and
+// the map's share), so the default of 65,536 AORs (SIPSIDECAR_REDIS_CACHE_AORS) is at most
+// about 140 MiB.
 type aorStates struct {
 	mu        sync.Mutex
 	cur, prev map[string]*hashRead
