@@ -58,7 +58,9 @@ type Redis struct {
 	seen   *nonceCounters // the nonce counts this sidecar took
 	turns  *turns         // one update of an AOR at a time
 	prefix string
-	owned  bool
+	// casSet's constant keys, as EVALSHA's arguments (boxed once, not per registration)
+	expKey, knownKey any
+	owned            bool
 }
 
 // maxTxRetries bounds optimistic-transaction retries under contention on one AOR.
@@ -70,7 +72,7 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 		prefix = "sipsidecar:"
 	}
 	return &Redis{c: client, p: newPipe(client), states: newAORStates(DefaultCacheAORs), seen: newNonceCounters(),
-		turns: newTurns(), prefix: prefix}
+		turns: newTurns(), prefix: prefix, expKey: prefix + "exp", knownKey: prefix + "known"}
 }
 
 // OpenRedis connects to a redis://, rediss:// or unix:// URL with timeouts short enough that
@@ -247,7 +249,7 @@ func (r *Redis) UpdateCounted(ctx context.Context, aor string, now time.Time, c 
 		return nil, unavailable(ctx.Err())
 	}
 	defer r.turns.done(aor)
-	return r.updateFrom(ctx, aor, r.casKeys(aor), now, c, fn, r.start(aor), false)
+	return r.updateFrom(ctx, aor, now, c, fn, r.start(aor), false)
 }
 
 // UpdateCountedThen implements Deferred: its compare-and-set goes into the pipeline without
@@ -270,18 +272,18 @@ func (r *Redis) updateCountedThen(ctx context.Context, aor string, now time.Time
 		then(nil, unavailable(err))
 		return
 	}
-	keys, rd := r.casKeys(aor), r.start(aor)
+	rd := r.start(aor)
 	next, args, written, err := r.attempt(aor, rd, now, c, fn)
 	if err != nil {
 		then(nil, err)
 		return
 	}
-	cmd := evalsha(ctx, casSet, keys, args)
+	cmd := r.casCmd(ctx, aor, args)
 	queued := r.p.doThen(cmd, func() {
 		res, err := cmd.Result()
 		if err != nil {
 			if redis.HasErrorPrefix(err, "NOSCRIPT") {
-				go func() { then(r.updateFrom(ctx, aor, keys, now, c, fn, rd, false)) }()
+				go func() { then(r.updateFrom(ctx, aor, now, c, fn, rd, false)) }()
 				return
 			}
 			then(nil, unavailable(err))
@@ -294,7 +296,7 @@ func (r *Redis) updateCountedThen(ctx context.Context, aor string, now time.Time
 		case final:
 			then(next, nil)
 		default:
-			go func() { then(r.updateFrom(ctx, aor, keys, now, c, fn, again, true)) }()
+			go func() { then(r.updateFrom(ctx, aor, now, c, fn, again, true)) }()
 		}
 	})
 	if !queued {
@@ -306,6 +308,20 @@ func (r *Redis) updateCountedThen(ctx context.Context, aor string, now time.Time
 // the sidecar holds its UDP answers over it, so that the REGISTERs that UpdateCountedThen
 // finishes there leave together. Call it before the store is used.
 func (r *Redis) SetHandOut(f func(deliver func())) { r.p.handOut = f }
+
+// casHead is how many leading slots casArgs leaves in its ARGV for casCmd to fill.
+const casHead = 6
+
+// casHash is casSet's hash, as EVALSHA's argument.
+var casHash any = casSet.Hash()
+
+// casCmd is EVALSHA of casSet for aor with args from casArgs, which left casHead slots in
+// front for the command, the hash and the keys: no second slice, no key built twice.
+func (r *Redis) casCmd(ctx context.Context, aor string, args []any) *redis.Cmd {
+	args[0], args[1], args[2] = "evalsha", casHash, 3
+	args[3], args[4], args[5] = r.aorKey(aor), r.expKey, r.knownKey
+	return redis.NewCmd(ctx, args...)
+}
 
 // casKeys are casSet's keys for aor.
 func (r *Redis) casKeys(aor string) []string {
@@ -322,13 +338,18 @@ func (r *Redis) start(aor string) *hashRead {
 
 // updateFrom runs compare-and-set attempts from rd until one is final; fresh says rd is
 // what Redis answered an attempt with (so a conflict now is another writer's: pause).
-func (r *Redis) updateFrom(ctx context.Context, aor string, keys []string, now time.Time, c Count, fn func([]Binding) ([]Binding, error), rd *hashRead, fresh bool) ([]Binding, error) {
+func (r *Redis) updateFrom(ctx context.Context, aor string, now time.Time, c Count, fn func([]Binding) ([]Binding, error), rd *hashRead, fresh bool) ([]Binding, error) {
 	for range maxTxRetries {
 		next, args, written, err := r.attempt(aor, rd, now, c, fn)
 		if err != nil {
 			return nil, err
 		}
-		res, err := r.p.script(ctx, casSet, keys, args...).Result()
+		cmd := r.casCmd(ctx, aor, args)
+		if err := r.p.do(ctx, cmd); redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// Redis forgot the script (a restart, SCRIPT FLUSH): EVAL, and it learns it again.
+			cmd = casSet.Run(ctx, r.c, r.casKeys(aor), args[casHead:]...)
+		}
+		res, err := cmd.Result()
 		if err != nil {
 			return nil, unavailable(err)
 		}
@@ -512,7 +533,7 @@ elseif ARGV[i] == 'setnx' then
 end
 return 1`)
 
-// casArgs builds casSet's ARGV from what was read (rd), what to store (stored, with its
+// casArgs builds casSet's ARGV, after casHead empty slots (see casCmd), from what was read (rd), what to store (stored, with its
 // index entry), the known name of the live bindings (next) and the nonce window to write
 // (its text form; "" leaves the hash's as it is; until, the window's end, and keep, whether
 // that is still to come, matter when no binding is left); written is the hash as it will be once
@@ -520,7 +541,7 @@ return 1`)
 // differs: a phone refreshing its registration under the same name leaves <prefix>known
 // alone. A hash left with no binding stays while its window does, and goes with it.
 func casArgs(aor string, rd *hashRead, stored, next []Binding, window string, until int64, keep bool) (args []any, written *hashRead, err error) {
-	args = make([]any, 0, 16+2*len(rd.legacy)+len(rd.fields)+2*len(stored))
+	args = make([]any, casHead, casHead+16+2*len(rd.legacy)+len(rd.fields)+2*len(stored))
 	args = append(args, aor)
 	if rd.legacy == nil {
 		args = append(args, rd.rev)
