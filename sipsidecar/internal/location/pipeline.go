@@ -93,7 +93,7 @@ func (p *pipe) doThen(cmd redis.Cmder, then func()) bool {
 // (a restart, SCRIPT FLUSH) gets it once with EVAL and SCRIPT LOAD, outside the pipeline.
 func (p *pipe) script(ctx context.Context, s *redis.Script, keys []string, args ...any) *redis.Cmd {
 	cmd := evalsha(ctx, s, keys, args)
-	if err := p.do(ctx, cmd); redis.HasErrorPrefix(err, "NOSCRIPT") {
+	if err := p.do(ctx, cmd); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		return s.Run(ctx, p.c, keys, args...)
 	}
 	return cmd

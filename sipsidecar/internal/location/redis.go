@@ -345,7 +345,7 @@ func (r *Redis) updateFrom(ctx context.Context, aor string, now time.Time, c Cou
 			return nil, err
 		}
 		cmd := r.casCmd(ctx, aor, args)
-		if err := r.p.do(ctx, cmd); redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err := r.p.do(ctx, cmd); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			// Redis forgot the script (a restart, SCRIPT FLUSH): EVAL, and it learns it again.
 			cmd = casSet.Run(ctx, r.c, r.casKeys(aor), args[casHead:]...)
 		}
