@@ -202,7 +202,7 @@ func windowEnd(v string, now time.Time) (until int64, live bool) {
 	if err := w.parse(v); err != nil {
 		return now.Add(24 * time.Hour).UnixMilli(), true
 	}
-	return w.until, w.until > now.UnixMilli()
+	return w.end(now)
 }
 
 // fnError carries the caller's own error out of the transaction untouched.
@@ -406,7 +406,8 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 		if err := w.take(c, now); err != nil {
 			return nil, nil, nil, err
 		}
-		window, win, until, keep = w.String(), w, w.until, w.until > now.UnixMilli()
+		window, win = w.String(), w
+		until, keep = w.end(now)
 	}
 	next = normalize(aor, next)
 	stored := append([]Binding(nil), next...)
@@ -417,7 +418,7 @@ func (r *Redis) attempt(aor string, rd *hashRead, now time.Time, c Count, fn fun
 	}
 	if c.Nonce == "" && len(stored) == 0 {
 		if win != nil {
-			until, keep = win.until, win.until > now.UnixMilli()
+			until, keep = win.end(now)
 		} else {
 			until, keep = windowEnd(rd.window, now)
 		}

@@ -169,6 +169,12 @@ func appendHex(b []byte, n uint64) []byte {
 	return append(b, d[i:]...)
 }
 
+// end is the window's end (unix ms), and whether it is after now: until then a hash that
+// holds the window must stay.
+func (w *nonceWindow) end(now time.Time) (until int64, live bool) {
+	return w.until, w.until > now.UnixMilli()
+}
+
 // take takes c's count at now: ErrReplay when the window holds c's nonce at c.NC or above,
 // ErrStaleNonce when the nonce is at or below the floor. Nonces stale at now (issued more
 // than c.TTL ago) leave the window first, raising the floor.
