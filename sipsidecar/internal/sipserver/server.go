@@ -162,7 +162,7 @@ func (s *Server) ServeUDP(pc *net.UDPConn) error {
 const (
 	maxDatagram   = 65507 // the largest UDP payload
 	udpReadBuffer = 4 << 20
-	// maxParams bounds the URI and header parameters (';' and '&') of a UDP request, and
+	// maxParams bounds the URI and header parameters (';' and '&') of a request, and
 	// maxStreamMessage the size of one over TCP or WebSocket: sipgo's parser takes time
 	// quadratic in the parameters of one list. A REGISTER has about ten.
 	maxParams        = 256
@@ -453,11 +453,15 @@ func responseAddr(req *sip.Request, from netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(from.Addr(), uint16(port))
 }
 
-// ServeTCP serves SIP over TCP on ln until it is closed.
-func (s *Server) ServeTCP(ln net.Listener) error { return s.tp.ServeTCP(ln) }
+// ServeTCP serves SIP over TCP on ln until it is closed. A connection that sends a message
+// with more than maxParams parameters is closed before it is parsed (see guardListener).
+func (s *Server) ServeTCP(ln net.Listener) error { return s.tp.ServeTCP(guardListener{Listener: ln}) }
 
-// ServeWS serves SIP over WebSocket (RFC 7118) on ln until it is closed.
-func (s *Server) ServeWS(ln net.Listener) error { return s.tp.ServeWS(ln) }
+// ServeWS serves SIP over WebSocket (RFC 7118) on ln until it is closed, with the same bound
+// as ServeTCP.
+func (s *Server) ServeWS(ln net.Listener) error {
+	return s.tp.ServeWS(guardListener{Listener: ln, ws: true})
+}
 
 // onStreamMessage runs in a connection's read loop. Requests are handled beside it while
 // fewer than Workers are under way, and in it beyond that, so a flood on one connection
