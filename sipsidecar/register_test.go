@@ -222,11 +222,15 @@ func TestCSeqRules(t *testing.T) {
 	if len(s.locations(t, "201@pbx.test")) != 1 {
 		t.Fatal("an out-of-order REGISTER changed the binding")
 	}
-	// Same CSeq again (a new transaction for a lost answer): answered, nothing changes.
+	// Same CSeq, fresh credentials: RFC 3261 §10.3 step 7 says it fails, and it must not
+	// answer 200 to an unregister that removed nothing.
 	p.cseq = 10
 	auth = authorize(t, first, "201", "pw-201", "MD5", 3)
-	if res := p.send(p.request(c, "Expires: 0", "Authorization: "+auth)); res.StatusCode != 200 || len(contactOf(res)) != 1 {
-		t.Fatalf("equal cseq: %d %v", res.StatusCode, contactOf(res))
+	if res := p.send(p.request(c, "Expires: 0", "Authorization: "+auth)); res.StatusCode != 500 {
+		t.Fatalf("equal cseq: %d %v, want 500", res.StatusCode, contactOf(res))
+	}
+	if len(s.locations(t, "201@pbx.test")) != 1 {
+		t.Fatal("an equal-CSeq REGISTER changed the binding")
 	}
 	// Higher CSeq applies.
 	p.cseq = 11

@@ -29,7 +29,7 @@ func New(liveAORs func() float64) *Metrics {
 		Registry: prometheus.NewRegistry(),
 		registers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sipsidecar", Name: "requests_total",
-			Help: "SIP requests handled, by result (ok, challenged, stale, forbidden, replay, bad_request, hook_unavailable, store_unavailable, nat_refresh, query, unregistered, out_of_order, too_many_contacts, retransmission, options, not_allowed).",
+			Help: "SIP requests handled, by result (ok, challenged, stale, forbidden, replay, bad_request, hook_unavailable, store_unavailable, nat_refresh, query, unregistered, out_of_order, too_many_contacts, bad_extension, options, not_allowed).",
 		}, []string{"result"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sipsidecar", Name: "dropped_total",

@@ -36,7 +36,6 @@ func (r *Registrar) applyThen(ctx context.Context, req *sip.Request, rq request,
 type change struct {
 	added, removed []location.Binding
 	natKeys        []string // few: a REGISTER's contacts
-	retransmission bool
 }
 
 // changeFn is the update of rq's AOR: the store may run it more than once, one run at a
@@ -48,7 +47,7 @@ func (r *Registrar) changeFn(req *sip.Request, rq request, src Source, v authhoo
 	}
 	source := src.Addr()
 	return func(cur []location.Binding) ([]location.Binding, error) {
-		ch.added, ch.removed, ch.natKeys, ch.retransmission = ch.added[:0], ch.removed[:0], ch.natKeys[:0], false
+		ch.added, ch.removed, ch.natKeys = ch.added[:0], ch.removed[:0], ch.natKeys[:0]
 		if rq.wildcard {
 			// "*" removes every binding, unless one of this Call-ID is newer (step 6).
 			for _, b := range cur {
@@ -62,15 +61,11 @@ func (r *Registrar) changeFn(req *sip.Request, rq request, src Source, v authhoo
 		next := cur // fn owns cur (location.Store)
 		for _, c := range rq.contacts {
 			i := indexOf(next, c.key())
-			if i >= 0 && next[i].CallID == rq.callID {
-				switch {
-				case rq.cseq == next[i].CSeq:
-					// The same request again (its answer was lost): answer, change nothing.
-					ch.retransmission = true
-					continue
-				case rq.cseq < next[i].CSeq:
-					return nil, errOutOfOrder
-				}
+			// RFC 3261 §10.3 step 7: on the same Call-ID only a higher CSeq updates. An equal
+			// one is no retransmission here: those are answered by the transaction cache, and
+			// one that outlived it brings its nonce count again and is refused as a replay.
+			if i >= 0 && next[i].CallID == rq.callID && rq.cseq <= next[i].CSeq {
+				return nil, errOutOfOrder
 			}
 			if c.expires == 0 {
 				if i >= 0 {
@@ -141,8 +136,6 @@ func (r *Registrar) applied(ctx context.Context, req *sip.Request, rq request, s
 		}
 	}
 	switch {
-	case ch.retransmission:
-		r.count("retransmission")
 	case len(rq.contacts) == 0 && !rq.wildcard:
 		r.count("query")
 	case rq.wildcard || allZero(rq.contacts):

@@ -211,6 +211,13 @@ func (r *Registrar) handle(ctx context.Context, req *sip.Request, src Source, lt
 		r.count("bad_request")
 		return r.reply(505, "Version Not Supported")
 	}
+	if tags := required(req); tags != "" {
+		// RFC 3261 §8.2.2.3 (§10.3 step 2 for a registrar): an extension the request
+		// requires and this one does not support (it supports none, Path among them) fails
+		// the request, so that a proxy relying on it learns it was not applied.
+		r.count("bad_extension")
+		return r.reply(420, "Bad Extension").add("Unsupported", tags)
+	}
 	switch req.Method {
 	case sip.REGISTER:
 		return r.register(ctx, req, src, lt)
@@ -220,6 +227,28 @@ func (r *Registrar) handle(ctx context.Context, req *sip.Request, src Source, lt
 	}
 	r.count("not_allowed")
 	return r.reply(405, "Method Not Allowed")
+}
+
+// required is the option tags of req's Require headers, comma-separated, "" for none: at
+// most 256 bytes of them (each cut to 128), which are written back in Unsupported.
+func required(req *sip.Request) string {
+	var buf [2]sip.Header
+	var b strings.Builder
+	for _, h := range headers(req, "require", buf[:0]) {
+		for t := range strings.SplitSeq(h.Value(), ",") {
+			if t = headerSafe(t); t == "" {
+				continue
+			}
+			if b.Len() > 0 {
+				if b.Len()+2+len(t) > 256 {
+					return b.String()
+				}
+				b.WriteString(", ")
+			}
+			b.WriteString(t)
+		}
+	}
+	return b.String()
 }
 
 // AsksHook says whether Handle may call the hook for req: a REGISTER with credentials.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -160,13 +161,51 @@ func TestRegisterAnswers(t *testing.T) {
 		{"To without a user", strings.Replace(reg("Contact: <sip:201@h>"), "To: <sip:201@pbx>", `To: <sip:pbx>`, 1), "", 400},
 		{"CSeq method mismatch", strings.Replace(reg("Contact: <sip:201@h>"), "CSeq: 2 REGISTER", "CSeq: 2 INVITE", 1), "", 400},
 	}
-	for _, c := range cases {
+	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			res := handle(t, r, msg(t, c.raw, c.auth), src)
+			raw := strings.Replace(c.raw, "Call-ID: c1", "Call-ID: c1-"+strconv.Itoa(i), 1) // each a REGISTER of its own
+			res := handle(t, r, msg(t, raw, c.auth), src)
 			if res == nil || res.StatusCode != c.status {
 				t.Fatalf("got %v, want %d", res, c.status)
 			}
 		})
+	}
+}
+
+// A Require'd extension (none is supported: Path, GRUU, outbound…) fails the request with
+// 420 and names the tags in Unsupported, before the hook or the store: a proxy that relies
+// on Path must not believe it was applied (RFC 3261 §8.2.2.3, §10.3 step 2).
+func TestRequireIsRefused(t *testing.T) {
+	calls := 0
+	hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
+	r, store, n := newTestRegistrar(hook, nil)
+	raw := reg("Contact: <sip:201@127.0.0.1:5070>\nRequire: path\nRequire: gruu,  outbound\nPath: <sip:edge.example;lr>")
+	res := handle(t, r, msg(t, raw, goodAuth(n, "201", "pbx", "MD5", "pw", 1)), src)
+	if res == nil || res.StatusCode != 420 {
+		t.Fatalf("got %v, want 420", res)
+	}
+	if h := res.GetHeader("Unsupported"); h == nil || h.Value() != "path, gruu, outbound" {
+		t.Fatalf("Unsupported: %v", h)
+	}
+	if calls != 0 {
+		t.Fatalf("the hook was called %d times", calls)
+	}
+	if b, _ := store.Lookup(context.Background(), "201@pbx", t0); len(b) != 0 {
+		t.Fatalf("stored %v", b)
+	}
+	// An OPTIONS that requires an extension fails the same way; an empty Require is none.
+	opts := strings.Replace(strings.Replace(reg(""), "REGISTER sip:pbx", "OPTIONS sip:pbx", 1), "CSeq: 2 REGISTER", "CSeq: 2 OPTIONS", 1)
+	if res := handle(t, r, msg(t, opts+"", ""), src); res == nil || res.StatusCode != 200 {
+		t.Fatalf("OPTIONS: %v", res)
+	}
+	if res := handle(t, r, msg(t, strings.Replace(opts, "Call-ID:", "Require: 100rel\nCall-ID:", 1), ""), src); res == nil || res.StatusCode != 420 {
+		t.Fatalf("OPTIONS with Require: %v", res)
+	}
+	// Many tags: the answer names the first 256 bytes of them.
+	long := reg("Contact: <sip:201@h>\nRequire: " + strings.Repeat("x-some-extension, ", 100))
+	res = handle(t, r, msg(t, long, ""), src)
+	if h := res.GetHeader("Unsupported"); res.StatusCode != 420 || h == nil || len(h.Value()) > 256 || !strings.HasPrefix(h.Value(), "x-some-extension, x-some") {
+		t.Fatalf("many tags: %v %v", res.StatusCode, h)
 	}
 }
 

@@ -19,8 +19,8 @@ import (
 // (a single growing slice moved tens of megabytes at every growth: 5% of the sidecar's CPU
 // at 19,500 REGISTERs/s while the generations filled). A memory cap
 // drops the oldest generation early; a retransmission that comes after that is handled
-// again as a new request (the registrar treats a repeated Call-ID and CSeq as a
-// retransmission).
+// again as a new request (the registrar refuses it: its nonce count is a replay, and a
+// repeated Call-ID and CSeq is out of order).
 type txCache struct {
 	seed   maphash.Seed
 	span   time.Duration // what one generation covers
