@@ -320,8 +320,10 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 	if refuse(w, v, msgWrongType, msgUnauthorized, now) {
 		return nil
 	}
-	// The session's refresh token can live until iat + refresh_ttl (+ leeway).
-	until := time.Unix(c.IssuedAt, 0).Add(app.issuer.RefreshTTL() + time.Duration(app.Leeway))
+	// The session's refresh tokens can live until refresh_ttl (+ leeway) after the last one
+	// was issued, and with rotation that may be after this access token's iat: count from
+	// now, after which the session gets no new one.
+	until := now.Add(app.issuer.RefreshTTL() + time.Duration(app.Leeway))
 	if err := app.store.RevokeSession(r.Context(), c.SessionID(), until); err != nil {
 		a.logger.Error("revoking session", zap.Error(err))
 		writeError(w, http.StatusServiceUnavailable, msgUnavailable, now)

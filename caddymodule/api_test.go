@@ -305,3 +305,54 @@ func TestPHPTokensLogOutTogether(t *testing.T) {
 	}
 	wantError(t, g.do("POST", g.API+"/auth/refresh", "", bearer(refresh)), 401, "Invalid or missing token")
 }
+
+// A logout revokes the session for as long as any of its refresh tokens can live. With
+// rotation a refresh token is issued at each refresh, so the revocation runs from the
+// logout, not from the iat of the access token that asked for it: an access token 50
+// minutes old used to leave a rotated refresh token 50 minutes of life after the
+// revocation lapsed (found in review).
+func TestLogoutOutlivesEveryRefreshToken(t *testing.T) {
+	g := startGateway(t, "", "softphone_api")
+	access, refresh := g.login("201", "b749601f329a635a19c4a87bc359be3d")
+	claims := func(tok string) map[string]any {
+		b, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c map[string]any
+		if err := json.Unmarshal(b, &c); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	rc := claims(refresh)
+	refreshTTL := time.Duration(rc["exp"].(float64)-rc["iat"].(float64)) * time.Second
+	// The same session's access token, issued 50 minutes ago and still valid.
+	old := claims(access)
+	now := time.Now()
+	old["iat"], old["exp"] = now.Add(-50*time.Minute).Unix(), now.Add(10*time.Minute).Unix()
+	tok := forge(map[string]any{"alg": "HS256", "typ": "JWT"}, old, g.signingKey())
+	if r := g.do("POST", g.API+"/auth/logout", "", bearer(tok)); r.Status != 200 {
+		t.Fatalf("logout: %d %s", r.Status, r.Raw)
+	}
+	journal, err := os.ReadFile(filepath.Join(g.DataDir, "state.journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var until int64
+	for line := range strings.Lines(string(journal)) {
+		var rec struct {
+			Op    string `json:"op"`
+			Until int64  `json:"until"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Op == "revoke" {
+			until = rec.Until
+		}
+	}
+	if want := now.Add(refreshTTL); time.UnixMilli(until).Before(want) {
+		t.Fatalf("the session is revoked until %v, before a refresh token issued now expires (%v)", time.UnixMilli(until), want)
+	}
+	if r := g.do("POST", g.API+"/auth/refresh", "", bearer(refresh)); r.Status != 401 {
+		t.Fatalf("refresh after logout: %d %s", r.Status, r.Raw)
+	}
+}
