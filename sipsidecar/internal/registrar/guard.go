@@ -26,6 +26,11 @@ type Guard struct {
 	Scanners    []string      // User-Agent substrings dropped silently (lower case)
 	Bans        location.Bans // nil: memory
 	Logger      *slog.Logger
+	// MaxSources bounds the addresses kept at once (default 131,072, about 15 MiB): a UDP
+	// source address can be forged, and each new one costs a bucket. At the bound a new
+	// address is refused until buckets that have filled up again (and so say nothing a
+	// new bucket would not) are swept, at most once per refill time; known ones go on.
+	MaxSources int
 
 	once    sync.Once
 	mu      sync.Mutex
@@ -69,6 +74,9 @@ func (g *Guard) init() {
 		}
 		if g.BanFor <= 0 {
 			g.BanFor = 15 * time.Minute
+		}
+		if g.MaxSources <= 0 {
+			g.MaxSources = 1 << 17
 		}
 		if g.Scanners == nil {
 			g.Scanners = DefaultScanners
@@ -143,10 +151,37 @@ func (g *Guard) banned(ctx context.Context, ip string, now time.Time) bool {
 	return banned
 }
 
+// remember keeps what Bans said of ip until until; at MaxSources remembered answers it
+// keeps nothing more (the next request asks Bans again).
 func (g *Guard) remember(ip string, banned bool, until time.Time) {
 	g.mu.Lock()
-	g.bans[ip] = banMemo{banned: banned, until: until}
+	if _, ok := g.bans[ip]; ok || len(g.bans) < g.MaxSources {
+		g.bans[ip] = banMemo{banned: banned, until: until}
+	}
 	g.mu.Unlock()
+}
+
+// refill is how long an empty bucket takes to fill up: one idle that long is as good as
+// none.
+func (g *Guard) refill() time.Duration {
+	return time.Duration(float64(g.Burst) / g.Rate * float64(time.Second))
+}
+
+// sweepLocked forgets the buckets that have filled up again and the ban answers that have
+// run out: neither says anything a fresh one would not.
+func (g *Guard) sweepLocked(now time.Time) {
+	g.swept = now
+	full := g.refill()
+	for k, b := range g.buckets {
+		if now.Sub(b.last) >= full {
+			delete(g.buckets, k)
+		}
+	}
+	for k, m := range g.bans {
+		if !now.Before(m.until) {
+			delete(g.bans, k)
+		}
+	}
 }
 
 // take spends one token of ip's bucket.
@@ -154,20 +189,20 @@ func (g *Guard) take(ip string, now time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if now.Sub(g.swept) > time.Minute {
-		g.swept = now
-		for k, b := range g.buckets {
-			if now.Sub(b.last) > time.Minute {
-				delete(g.buckets, k)
-			}
-		}
-		for k, m := range g.bans {
-			if now.After(m.until) {
-				delete(g.bans, k)
-			}
-		}
+		g.sweepLocked(now)
 	}
 	b := g.buckets[ip]
 	if b == nil {
+		if len(g.buckets) >= g.MaxSources {
+			// A flood of new addresses: sweep early, but no more than once per refill
+			// time, so that the flood cannot make every request pay for a sweep.
+			if now.Sub(g.swept) >= g.refill() {
+				g.sweepLocked(now)
+			}
+			if len(g.buckets) >= g.MaxSources {
+				return false
+			}
+		}
 		b = &bucket{tokens: float64(g.Burst), last: now}
 		g.buckets[ip] = b
 	}

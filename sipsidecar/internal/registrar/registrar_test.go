@@ -341,6 +341,38 @@ func TestGuard(t *testing.T) {
 			t.Fatal("an honest second address was cut off too")
 		}
 	})
+	// Attack: UDP source addresses can be forged, and each new one used to cost a bucket
+	// kept for a minute: a flood of forged sources grew memory without bound.
+	t.Run("forged source addresses cannot grow the guard without bound", func(t *testing.T) {
+		g := &Guard{Rate: 10, Burst: 20, MaxSources: 100} // a bucket refills in 2 s
+		g.init()
+		if !g.take("10.0.0.1", t0) {
+			t.Fatal("a phone was refused")
+		}
+		admitted := 0
+		for i := range 1000 {
+			if g.take(fmt.Sprintf("198.51.%d.%d", i/256, i%256), t0) {
+				admitted++
+			}
+			g.remember(fmt.Sprintf("198.51.%d.%d", i/256, i%256), false, t0.Add(time.Second))
+		}
+		if len(g.buckets) > 100 || len(g.bans) > 100 || admitted != 99 {
+			t.Fatalf("%d buckets, %d remembered answers, %d of 1000 new sources admitted; want at most 100, 100, and 99", len(g.buckets), len(g.bans), admitted)
+		}
+		if !g.take("10.0.0.1", t0.Add(time.Millisecond)) {
+			t.Fatal("a known phone was refused during the flood")
+		}
+		if g.take("10.0.0.2", t0.Add(time.Second)) {
+			t.Fatal("a new source was admitted before any bucket had refilled")
+		}
+		// Two seconds on, the flood's buckets are full again: swept, and a new phone gets in.
+		if !g.take("10.0.0.2", t0.Add(2*time.Second)) {
+			t.Fatal("a new phone was refused after the flood's buckets refilled")
+		}
+		if len(g.buckets) != 2 {
+			t.Fatalf("%d buckets after the sweep, want the two phones'", len(g.buckets))
+		}
+	})
 	t.Run("repeated auth failures ban the address", func(t *testing.T) {
 		calls := 0
 		hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
