@@ -52,16 +52,20 @@ func (b *Broker) parkEventSource(ctx context.Context, w http.ResponseWriter, r *
 	s.buf = append(s.buf, "\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n: hi\n\n"...)
 	s.stop = context.AfterFunc(ctx, func() { s.shut("") })
 	ok := s.writeLocked()
+	if ok {
+		// Registered while s.mu is held, as shutLocked unregisters: a shut by a context that is
+		// already over cannot run in between and leave the closed stream in c.streams for good.
+		b.mu.Lock()
+		if c.streams == nil {
+			c.streams = map[*stream]struct{}{}
+		}
+		c.streams[s] = struct{}{}
+		b.mu.Unlock()
+	}
 	s.mu.Unlock()
 	if !ok {
 		return true
 	}
-	b.mu.Lock()
-	if c.streams == nil {
-		c.streams = map[*stream]struct{}{}
-	}
-	c.streams[s] = struct{}{}
-	b.mu.Unlock()
 	s.catchUp() // the backlog after its cursor, and anything published meanwhile
 	return true
 }
