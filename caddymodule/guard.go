@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -58,6 +59,9 @@ func (g *Guard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	repl.Set("http.auth.user.role", c.Role)
 	setIdentityHeaders(r.Header, c)
 	stripQueryToken(r)
+	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		r.Header.Del("Authorization") // nothing downstream (a proxied media server) sees the token
+	}
 	return next.ServeHTTP(w, r)
 }
 
