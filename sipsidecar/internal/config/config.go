@@ -147,9 +147,12 @@ func settings() []setting {
 		}},
 		{"WEBHOOK_URLS", "", "locator webhook URLs, comma separated; empty = off", func(c *Config, v string) error {
 			c.WebhookURLs = nil
-			for _, u := range splitList(v) {
+			for i, u := range splitList(v) {
 				if err := httpURL(u); err != nil {
-					return err
+					if r := redactURL(u); r != "" {
+						return fmt.Errorf("URL %d (%q): %w", i+1, r, err)
+					}
+					return fmt.Errorf("URL %d: %w", i+1, err)
 				}
 				c.WebhookURLs = append(c.WebhookURLs, u)
 			}
@@ -157,13 +160,14 @@ func settings() []setting {
 		}},
 		{"WEBHOOK_HEADERS", "", "headers for webhook POSTs, Name: value; separated", func(c *Config, v string) error {
 			c.WebhookHeaders = map[string]string{}
-			for _, kv := range strings.Split(v, ";") {
+			for i, kv := range strings.Split(v, ";") {
 				if strings.TrimSpace(kv) == "" {
 					continue
 				}
+				// The entry is not quoted back: a header that lost its colon is still a credential.
 				k, val, ok := strings.Cut(kv, ":")
 				if !ok || strings.TrimSpace(k) == "" || strings.ContainsAny(k+val, "\r\n") {
-					return fmt.Errorf("%q is not Name: value", kv)
+					return fmt.Errorf("header %d is not Name: value (headers are separated by ;)", i+1)
 				}
 				c.WebhookHeaders[strings.TrimSpace(k)] = strings.TrimSpace(val)
 			}
@@ -184,27 +188,39 @@ func settings() []setting {
 	}
 }
 
-// Load reads the environment (getenv) and then args. Errors name the variable.
+// Load reads the environment (getenv) and then args. Errors name the variable and show a
+// value only as far as it holds no credential.
 func Load(getenv func(string) string, args []string) (*Config, error) {
 	c := &Config{}
 	fs := flag.NewFlagSet("sipsidecar", flag.ContinueOnError)
-	values := map[string]*string{}
+	flags := map[string]*string{}
 	for _, s := range settings() {
-		v := s.def
-		if e := getenv("SIPSIDECAR_" + s.name); e != "" {
-			v = e
-		}
-		values[s.name] = fs.String(strings.ToLower(strings.ReplaceAll(s.name, "_", "-")), v, s.help+" (SIPSIDECAR_"+s.name+")")
+		// The flag's default is the built-in one, not the environment's value: the flag package
+		// prints defaults on -h and on a bad flag, and the environment may hold a secret.
+		flags[s.name] = fs.String(flagName(s.name), s.def, s.help+" (SIPSIDECAR_"+s.name+")")
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		// Not quoted back: a stray argument is most often the tail of an unquoted value.
+		return nil, fmt.Errorf("%d unexpected argument(s) after the flags: quote a flag value that holds spaces", fs.NArg())
 	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	for _, s := range settings() {
-		if err := s.set(c, *values[s.name]); err != nil {
-			return nil, fmt.Errorf("SIPSIDECAR_%s=%q: %w", s.name, *values[s.name], err)
+		v := s.def
+		if e := getenv("SIPSIDECAR_" + s.name); e != "" {
+			v = e
+		}
+		if given[flagName(s.name)] {
+			v = *flags[s.name]
+		}
+		if err := s.set(c, v); err != nil {
+			if r := shown(s.name, v); r != "" {
+				return nil, fmt.Errorf("SIPSIDECAR_%s=%q: %w", s.name, r, err)
+			}
+			return nil, fmt.Errorf("SIPSIDECAR_%s: %w", s.name, err)
 		}
 	}
 	if c.HookURL == "" {
@@ -226,6 +242,38 @@ func Usage() string {
 		fmt.Fprintf(&b, "  SIPSIDECAR_%-22s %s (default %q)\n", s.name, s.help, s.def)
 	}
 	return b.String()
+}
+
+func flagName(name string) string { return strings.ToLower(strings.ReplaceAll(name, "_", "-")) }
+
+// shown is what an error may show of a setting's value: all of it, but nothing of a secret and
+// of a URL only what redactURL leaves. A setting that may hold a credential is listed here.
+func shown(name, v string) string {
+	switch name {
+	case "NONCE_SECRET", "AUTH_HOOK_SECRET", "AUTH_HOOK_PASSWORD", "WEBHOOK_HEADERS":
+		return ""
+	case "AUTH_HOOK_URL", "PUBLISH_URL", "REDIS_URL":
+		return redactURL(v)
+	case "WEBHOOK_URLS": // its parser names the bad URL, redacted
+		return ""
+	}
+	return v
+}
+
+// redactURL shows a URL without its userinfo, query or fragment, which may hold credentials,
+// or nothing when v does not parse as scheme://host (say redis//:pass@host, whose password
+// would otherwise be shown as part of a path).
+func redactURL(v string) string {
+	u, err := url.Parse(v)
+	if err != nil || u.Scheme == "" || u.Host == "" || u.Opaque != "" {
+		return ""
+	}
+	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	s := r.String()
+	if u.RawQuery != "" || u.ForceQuery {
+		s += "?…"
+	}
+	return s
 }
 
 func parseListen(v string) ([]Listener, error) {

@@ -145,12 +145,12 @@ func (p *Publisher) report(ok bool) {
 func (p *Publisher) post(ctx context.Context, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.URL, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return fmt.Errorf("building users-state request: %w", redactError(err, p.URL))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := p.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("posting users-state: %w", err)
+		return fmt.Errorf("posting users-state: %w", redactError(err, p.URL))
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	neturl "net/url"
 	"strings"
 	"sync"
 	"time"
@@ -139,7 +137,7 @@ func (w *Webhooks) post(ctx context.Context, url string, body []byte) error {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return fmt.Errorf("building webhook request: %w", redactError(err, url))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range w.Headers {
@@ -147,12 +145,7 @@ func (w *Webhooks) post(ctx context.Context, url string, body []byte) error {
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
-		// url.Error repeats the whole URL, query included: keep only its cause.
-		var ue *neturl.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("posting to %s: %w", redactURL(url), err)
+		return fmt.Errorf("posting webhook: %w", redactError(err, url))
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -166,14 +159,6 @@ func (w *Webhooks) result(r string) {
 	if w.OnResult != nil {
 		w.OnResult(r)
 	}
-}
-
-// redactURL drops the query (it may hold a key) from a URL before it is logged.
-func redactURL(u string) string {
-	if i := strings.IndexAny(u, "?#"); i >= 0 {
-		return u[:i] + "?…"
-	}
-	return u
 }
 
 // FromBinding turns a stored binding into the webhook's location at now.
