@@ -110,24 +110,42 @@ http://127.0.0.1:$port {
 		root * $WORK/files
 		file_server
 	}
+	# The forward_auth routes are Caddyfile.example's: the check, then the token removed from
+	# the query and the headers, then the file.
 	handle_path /fa/* {
-		forward_auth 127.0.0.1:$port {
-			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
-			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
-		}
 		root * $WORK/files
-		file_server
+		route {
+			forward_auth 127.0.0.1:$port {
+				uri /pbxcore/api/module-softphone-backend/v1/check-media-access
+				copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+			}
+			uri query {
+				-authorization
+				-token
+				-access_token
+			}
+			request_header -Authorization
+			file_server
+		}
 	}
 	# The same check with forward_auth's subrequest answered in-process (transport softphone,
 	# as Caddyfile.example does): no loopback connection and no second HTTP request.
 	handle_path /fal/* {
-		forward_auth localhost {
-			uri /pbxcore/api/module-softphone-backend/v1/check-media-access
-			copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
-			transport softphone
-		}
 		root * $WORK/files
-		file_server
+		route {
+			forward_auth localhost {
+				uri /pbxcore/api/module-softphone-backend/v1/check-media-access
+				copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
+				transport softphone
+			}
+			uri query {
+				-authorization
+				-token
+				-access_token
+			}
+			request_header -Authorization
+			file_server
+		}
 	}
 	# forward_auth's own ceiling: the same subrequest answered by an empty 200 that costs
 	# nothing (empty, so Caddy can pool the connection as it does for check-media-access).
@@ -135,11 +153,19 @@ http://127.0.0.1:$port {
 		respond 200
 	}
 	handle_path /far/* {
-		forward_auth 127.0.0.1:$port {
-			uri /auth-ceiling
-		}
 		root * $WORK/files
-		file_server
+		route {
+			forward_auth 127.0.0.1:$port {
+				uri /auth-ceiling
+			}
+			uri query {
+				-authorization
+				-token
+				-access_token
+			}
+			request_header -Authorization
+			file_server
+		}
 	}
 	handle /pbxcore/api/module-softphone-backend/* {
 		softphone_api
