@@ -112,7 +112,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready chan<-
 	}
 
 	reg := registrar.New(registrar.Options{
-		Config: registrar.Config{Realm: cfg.Realm, DefaultExpires: cfg.ExpiresDefault, MinExpires: cfg.ExpiresMin,
+		Config: registrar.Config{Realm: cfg.Realm, Domains: cfg.Domains, DefaultExpires: cfg.ExpiresDefault, MinExpires: cfg.ExpiresMin,
 			MaxExpires: cfg.ExpiresMax, NATExpires: cfg.NATExpires, MaxContacts: cfg.MaxContacts,
 			Algorithms: cfg.Algorithms},
 		Store:   store,

@@ -39,6 +39,7 @@ type Config struct {
 	NonceSecret     string
 	NonceTTL        time.Duration
 	Realm           string
+	Domains         []string
 	ExpiresDefault  int
 	ExpiresMin      int
 	ExpiresMax      int
@@ -98,6 +99,16 @@ func settings() []setting {
 			return
 		}},
 		{"REALM", "", "digest realm; empty = the To host of each REGISTER", func(c *Config, v string) error { c.Realm = v; return nil }},
+		{"DOMAINS", "", "domains served (host names or addresses in To and the Request-URI), comma separated; others get 404; empty = any", func(c *Config, v string) error {
+			c.Domains = nil
+			for _, d := range splitList(v) {
+				if strings.ContainsAny(d, "@/;<> \t") || strings.Contains(d, ":") && !strings.HasPrefix(d, "[") {
+					return fmt.Errorf("%q is not a host name or address", d)
+				}
+				c.Domains = append(c.Domains, strings.ToLower(d))
+			}
+			return nil
+		}},
 		{"EXPIRES_DEFAULT", "3600", "expiry when the phone names none (s)", func(c *Config, v string) (err error) { c.ExpiresDefault, err = integer(v, 1, 1<<31-1); return }},
 		{"EXPIRES_MIN", "60", "shortest expiry accepted, else 423 (s)", func(c *Config, v string) (err error) { c.ExpiresMin, err = integer(v, 1, 1<<31-1); return }},
 		{"EXPIRES_MAX", "7200", "longest expiry granted (s)", func(c *Config, v string) (err error) { c.ExpiresMax, err = integer(v, 1, 1<<31-1); return }},

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,10 @@ func TestDefaultsAndOverrides(t *testing.T) {
 	}
 	if c.MaxContacts != 5 || c.Procs != 0 || len(c.Listen) != 1 || c.WebhookHeaders["X-Key"] != "a" || c.WebhookHeaders["X-Other"] != "b" {
 		t.Fatalf("flags do not override: %+v", c)
+	}
+	c, err = Load(env(map[string]string{"SIPSIDECAR_AUTH_HOOK_URL": "http://h/hook", "SIPSIDECAR_DOMAINS": "PBX.example, 10.0.0.5,[2001:db8::1]"}), nil)
+	if err != nil || !slices.Equal(c.Domains, []string{"pbx.example", "10.0.0.5", "[2001:db8::1]"}) {
+		t.Fatalf("domains: %v %v", c.Domains, err)
 	}
 }
 
@@ -57,6 +62,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		"WEBHOOK_HEADERS":       "no-colon",
 		"LOG_LEVEL":             "loud",
 		"DIGEST_ALGORITHMS":     "MD5,SHA-512",
+		"DOMAINS":               "pbx.example, pbx.example:5060",
 	}
 	for name, val := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -273,6 +274,9 @@ func (r *Registrar) parse(req *sip.Request) (request, *answer) {
 	}
 	rq.user = to.Address.User
 	rq.host = strings.ToLower(to.Address.Host)
+	if len(r.cfg.Domains) > 0 && (!slices.Contains(r.cfg.Domains, rq.host) || !slices.Contains(r.cfg.Domains, strings.ToLower(req.Recipient.Host))) {
+		return rq, r.reply(404, "Not Found")
+	}
 	rq.aor = rq.user + "@" + rq.host
 	rq.callID = string(*callID)
 	rq.cseq = cseq.SeqNo

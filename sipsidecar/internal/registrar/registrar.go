@@ -26,6 +26,10 @@ import (
 // Config holds the registrar's rules.
 type Config struct {
 	Realm          string // digest realm; empty: the To host of each REGISTER
+	// Domains served, lower case: a REGISTER whose To or Request-URI host is another gets
+	// 404 (RFC 3261 §10.3 steps 1 and 5). Empty: any, so an authenticated user may create
+	// bindings under any domain.
+	Domains []string
 	DefaultExpires int    // seconds, when the phone names none (3600)
 	MinExpires     int    // below this (and above 0): 423 (60)
 	MaxExpires     int    // granted expiry is clamped to this (7200)

@@ -209,6 +209,48 @@ func TestRequireIsRefused(t *testing.T) {
 	}
 }
 
+// With Domains set, a REGISTER for another domain (in To or the Request-URI) gets 404 before
+// the hook: one authenticated user cannot create bindings under any domain he likes (found
+// in review: five domains, five AORs, kept for ever in the known list).
+func TestOtherDomainsAreNotServed(t *testing.T) {
+	calls := 0
+	hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
+	store := location.NewMemory()
+	nonces := digest.NewNonces([]byte("unit-test-secret"), 5*time.Minute, func() time.Time { return t0 })
+	r := New(Options{Store: store, Nonces: nonces, Hook: hook, Now: func() time.Time { return t0 },
+		Config: Config{Realm: "pbx", Domains: []string{"pbx", "10.0.0.5"}}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ok := reg("Contact: <sip:201@127.0.0.1:5070>")
+	for name, c := range map[string]struct {
+		raw    string
+		status int
+	}{
+		"another To domain":          {strings.Replace(ok, "To: <sip:201@pbx>", "To: <sip:201@evil.example>", 1), 404},
+		"another Request-URI domain": {strings.Replace(ok, "REGISTER sip:pbx SIP/2.0", "REGISTER sip:evil.example SIP/2.0", 1), 404},
+		"a served domain, any case":  {strings.Replace(ok, "To: <sip:201@pbx>", "To: <sip:201@PBX>", 1), 200},
+		"a served address":           {strings.Replace(strings.Replace(ok, "To: <sip:201@pbx>", "To: <sip:201@10.0.0.5>", 1), "REGISTER sip:pbx SIP/2.0", "REGISTER sip:10.0.0.5:5060 SIP/2.0", 1), 200},
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := calls
+			aor := "201@" + strings.ToLower(strings.SplitN(strings.SplitN(c.raw, "To: <sip:201@", 2)[1], ">", 2)[0])
+			res := handle(t, r, msg(t, c.raw, authFor(nonces, aor, "201", "pbx", "MD5", "pw", 1)), src)
+			if res == nil || res.StatusCode != c.status {
+				t.Fatalf("got %v, want %d", res, c.status)
+			}
+			if c.status == 404 {
+				if calls != before {
+					t.Fatal("the hook was asked")
+				}
+				known, _ := store.Known(context.Background())
+				for aor := range known {
+					if strings.Contains(aor, "evil") {
+						t.Fatalf("stored %v", known)
+					}
+				}
+			}
+		})
+	}
+}
+
 func TestReplayNeverReachesTheHook(t *testing.T) {
 	calls := 0
 	hook := hookFunc(func(r authhook.Request) (authhook.Verdict, error) { calls++; return passwordHook(r) })
