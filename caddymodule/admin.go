@@ -26,7 +26,7 @@ func (a *API) logoutAll(w http.ResponseWriter, r *http.Request) error {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4<<10))
 	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, msgTooLarge, now)
+		bodyError(w, err, now)
 		return nil
 	}
 	var req struct {

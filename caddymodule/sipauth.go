@@ -79,17 +79,19 @@ var sipAuthFailed = sipAuthAnswer{Status: "fail", Msg: "authentication failed"}
 func (a *API) sipAuth(w http.ResponseWriter, r *http.Request) error {
 	app, now := a.app, a.app.now()
 	cfg := app.SIPAuth
-	body, err := readBody(w, r, maxSIPAuthBatchBody)
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, msgTooLarge, now)
-		return nil
-	}
 	if !cfg.AllowRemote || cfg.Secret == "" {
+		// Before the body is read: a caller who may not ask costs no buffer.
 		if !loopbackPeer(r) {
 			metrics.sipAuth.WithLabelValues("forbidden").Inc()
 			writeError(w, http.StatusForbidden, msgForbidden, now)
 			return nil
 		}
+	}
+	body, err := readBody(w, r, maxSIPAuthBatchBody)
+	if err != nil {
+		metrics.sipAuth.WithLabelValues("bad_request").Inc()
+		bodyError(w, err, now)
+		return nil
 	}
 	if cfg.Secret != "" && !validSignature(r.Header.Get("Jambonz-Signature"), body, cfg.Secret, now, time.Duration(cfg.MaxSkew)) {
 		metrics.sipAuth.WithLabelValues("forbidden").Inc()
@@ -302,6 +304,17 @@ func firstNonEmpty(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// bodyError answers a body that could not be read: 413 when it was over its limit, 400 when
+// it broke off or was malformed.
+func bodyError(w http.ResponseWriter, err error, now time.Time) {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		writeError(w, http.StatusRequestEntityTooLarge, msgTooLarge, now)
+		return
+	}
+	writeError(w, http.StatusBadRequest, msgBadRequest, now)
 }
 
 // readBody reads r's body, at most limit bytes (an error beyond). With a Content-Length it

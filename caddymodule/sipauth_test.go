@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -233,4 +236,24 @@ func TestSIPAuthBatch(t *testing.T) {
 			t.Fatalf("%d %s", r.Status, r.Raw)
 		}
 	})
+}
+
+// A body that breaks off before its Content-Length is a 400, not "too large"; one over the
+// limit is still a 413.
+func TestSIPAuthBodyErrors(t *testing.T) {
+	for err, want := range map[error]int{
+		io.ErrUnexpectedEOF: http.StatusBadRequest,
+		fmt.Errorf("reading: %w", &http.MaxBytesError{Limit: 10}): http.StatusRequestEntityTooLarge,
+	} {
+		w := httptest.NewRecorder()
+		bodyError(w, err, time.Now())
+		if w.Code != want {
+			t.Errorf("%v: %d, want %d", err, w.Code, want)
+		}
+	}
+	g := startGateway(t, "", "softphone_api")
+	r := g.do("POST", g.API+"/sip/auth", "["+strings.Repeat(`{"a":1},`, 40000)+`{"a":1}]`)
+	if r.Status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("a body over the limit: %d, want 413", r.Status)
+	}
 }
