@@ -25,16 +25,16 @@ import (
 
 // Config holds the registrar's rules.
 type Config struct {
-	Realm          string // digest realm; empty: the To host of each REGISTER
+	Realm string // digest realm; empty: the To host of each REGISTER
 	// Domains served, lower case: a REGISTER whose To or Request-URI host is another gets
 	// 404 (RFC 3261 §10.3 steps 1 and 5). Empty: any, so an authenticated user may create
 	// bindings under any domain.
-	Domains []string
-	DefaultExpires int    // seconds, when the phone names none (3600)
-	MinExpires     int    // below this (and above 0): 423 (60)
-	MaxExpires     int    // granted expiry is clamped to this (7200)
-	NATExpires     int    // what a NATed phone is told, so it refreshes its pinhole (30)
-	MaxContacts    int    // bindings per AOR (10)
+	Domains        []string
+	DefaultExpires int // seconds, when the phone names none (3600)
+	MinExpires     int // below this (and above 0): 423 (60)
+	MaxExpires     int // granted expiry is clamped to this (7200)
+	NATExpires     int // what a NATed phone is told, so it refreshes its pinhole (30)
+	MaxContacts    int // bindings per AOR (10)
 	// Digest algorithms offered, one WWW-Authenticate each, most preferred first
 	// (default SHA-256, MD5 as RFC 8760 §2.4 asks). Phones that read only the first
 	// challenge and know only MD5 (SIPp, older devices) need MD5 first.
