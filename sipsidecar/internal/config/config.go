@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/redact"
 )
 
 // Listener is one SIP listening address.
@@ -160,7 +162,7 @@ func settings() []setting {
 			c.WebhookURLs = nil
 			for i, u := range splitList(v) {
 				if err := httpURL(u); err != nil {
-					if r := redactURL(u); r != "" {
+					if r := redact.URL(u); r != "" {
 						return fmt.Errorf("URL %d (%q): %w", i+1, r, err)
 					}
 					return fmt.Errorf("URL %d: %w", i+1, err)
@@ -258,33 +260,17 @@ func Usage() string {
 func flagName(name string) string { return strings.ToLower(strings.ReplaceAll(name, "_", "-")) }
 
 // shown is what an error may show of a setting's value: all of it, but nothing of a secret and
-// of a URL only what redactURL leaves. A setting that may hold a credential is listed here.
+// of a URL only what redact.URL leaves. A setting that may hold a credential is listed here.
 func shown(name, v string) string {
 	switch name {
 	case "NONCE_SECRET", "AUTH_HOOK_SECRET", "AUTH_HOOK_PASSWORD", "WEBHOOK_HEADERS":
 		return ""
 	case "AUTH_HOOK_URL", "PUBLISH_URL", "REDIS_URL":
-		return redactURL(v)
+		return redact.URL(v)
 	case "WEBHOOK_URLS": // its parser names the bad URL, redacted
 		return ""
 	}
 	return v
-}
-
-// redactURL shows a URL without its userinfo, query or fragment, which may hold credentials,
-// or nothing when v does not parse as scheme://host (say redis//:pass@host, whose password
-// would otherwise be shown as part of a path).
-func redactURL(v string) string {
-	u, err := url.Parse(v)
-	if err != nil || u.Scheme == "" || u.Host == "" || u.Opaque != "" {
-		return ""
-	}
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	s := r.String()
-	if u.RawQuery != "" || u.ForceQuery {
-		s += "?…"
-	}
-	return s
 }
 
 func parseListen(v string) ([]Listener, error) {

@@ -5,24 +5,19 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/softphone-gateway/softphone-gateway/internal/redact"
 )
 
 // unparsable stands for a URL that cannot be redacted, being no URL.
 const unparsable = "(unparsable URL)"
 
-// redactURL is raw as a log may show it: without its userinfo, query or fragment, any of which
-// may hold a credential (http://user:pass@host/hook?key=…).
+// redactURL is raw as a log may show it (redact.URL), or unparsable.
 func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.Opaque != "" {
-		return unparsable
+	if s := redact.URL(raw); s != "" {
+		return s
 	}
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	s := r.String()
-	if u.RawQuery != "" || u.ForceQuery {
-		s += "?…"
-	}
-	return s
+	return unparsable
 }
 
 // redactError keeps the URL's credentials out of err, which came from building or sending a
