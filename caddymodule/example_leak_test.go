@@ -181,27 +181,11 @@ func exampleWithBackend(t *testing.T, snippet, backend string) string {
 // environment as startExampleProc (plus env), with data in dir.
 func startExampleText(t *testing.T, dir, config string, env ...string) *gatewayProc {
 	t.Helper()
-	p := &gatewayProc{t: t, Port: testenv.FreePort(t), config: filepath.Join(dir, "Caddyfile")}
-	if err := os.WriteFile(p.config, []byte(config), 0o600); err != nil {
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	admin := testenv.FreePort(t)
-	p.Base = "http://127.0.0.1:" + strconv.Itoa(p.Port)
-	p.API = p.Base + DefaultPrefix
-	p.AdminURL = "http://127.0.0.1:" + strconv.Itoa(admin)
-	p.logPath = filepath.Join(dir, "caddy.log")
-	p.env = append([]string{
-		"SOFTPHONE_LISTEN=http://127.0.0.1:" + strconv.Itoa(p.Port),
-		"SOFTPHONE_ADMIN=127.0.0.1:" + strconv.Itoa(admin),
-		"SOFTPHONE_DATA_DIR=" + filepath.Join(dir, "data"),
-		"SOFTPHONE_USERS_FILE=../examples/users.json",
-		"SOFTPHONE_RECORDINGS_DIR=../examples/recordings",
-		"XDG_DATA_HOME=" + filepath.Join(dir, "xdg-data"),
-		"XDG_CONFIG_HOME=" + filepath.Join(dir, "xdg-config"),
-	}, env...)
-	p.start()
-	t.Cleanup(p.stop)
-	return p
+	return startExampleConfig(t, dir, path, env...)
 }
 
 // assertNoTokenInFiles fails if any file under dir holds tok or its signature.

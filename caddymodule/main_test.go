@@ -68,7 +68,14 @@ func startGatewayProc(t *testing.T, dir, config string) *gatewayProc {
 // variables (plus env), with data in dir.
 func startExampleProc(t *testing.T, dir string, env ...string) *gatewayProc {
 	t.Helper()
-	p := &gatewayProc{t: t, Port: testenv.FreePort(t), config: "../Caddyfile.example"}
+	return startExampleConfig(t, dir, "../Caddyfile.example", env...)
+}
+
+// startExampleConfig runs the Caddyfile at config (Caddyfile.example or a variant of it),
+// placed by the example's environment variables (plus env), with data in dir.
+func startExampleConfig(t *testing.T, dir, config string, env ...string) *gatewayProc {
+	t.Helper()
+	p := &gatewayProc{t: t, Port: testenv.FreePort(t), config: config}
 	admin := testenv.FreePort(t)
 	p.Base = "http://127.0.0.1:" + strconv.Itoa(p.Port)
 	p.API = p.Base + DefaultPrefix
