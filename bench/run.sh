@@ -80,6 +80,16 @@ gateway() {
 	port=$(freeport)
 	mkdir -p "$WORK/gw-$port"
 	cat >"$WORK/gw-$port/Caddyfile" <<CF
+# What Caddyfile.example's forward_auth route does after the check: the token leaves the
+# query and the headers before the file is served.
+(strip-token) {
+	uri query {
+		-authorization
+		-token
+		-access_token
+	}
+	request_header -Authorization
+}
 {
 	admin off
 	persist_config off
@@ -110,8 +120,7 @@ http://127.0.0.1:$port {
 		root * $WORK/files
 		file_server
 	}
-	# The forward_auth routes are Caddyfile.example's: the check, then the token removed from
-	# the query and the headers, then the file.
+	# The forward_auth routes are Caddyfile.example's: the check, then strip-token, then the file.
 	handle_path /fa/* {
 		root * $WORK/files
 		route {
@@ -119,12 +128,7 @@ http://127.0.0.1:$port {
 				uri /pbxcore/api/module-softphone-backend/v1/check-media-access
 				copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
 			}
-			uri query {
-				-authorization
-				-token
-				-access_token
-			}
-			request_header -Authorization
+			import strip-token
 			file_server
 		}
 	}
@@ -138,12 +142,7 @@ http://127.0.0.1:$port {
 				copy_headers X-Softphone-User-Id X-Softphone-Username X-Softphone-Role
 				transport softphone
 			}
-			uri query {
-				-authorization
-				-token
-				-access_token
-			}
-			request_header -Authorization
+			import strip-token
 			file_server
 		}
 	}
@@ -158,12 +157,7 @@ http://127.0.0.1:$port {
 			forward_auth 127.0.0.1:$port {
 				uri /auth-ceiling
 			}
-			uri query {
-				-authorization
-				-token
-				-access_token
-			}
-			request_header -Authorization
+			import strip-token
 			file_server
 		}
 	}
